@@ -1,0 +1,10 @@
+"""Models assembled from kzoo layers, with pretrained weights from the zoo."""
+
+from kzoo.applications.ln_rnn import LNLSTMCharLM
+from kzoo.applications.ln_rnn import LNLSTMClassifier
+from kzoo.applications.ln_rnn import LSTMCharLM
+from kzoo.applications.ln_rnn import LSTMClassifier
+from kzoo.applications.presets import PresetError
+from kzoo.applications.presets import load_preset
+from kzoo.applications.zoo import get
+from kzoo.applications.zoo import list_models

@@ -1,0 +1,220 @@
+"""Pretrained presets: directories in KerasHub's layout, verified on load.
+
+A preset directory holds
+
+- `config.json`: the Keras-serialized model (`keras.saving.serialize_keras_object`),
+- `model.weights.h5`: the weights (`model.save_weights`),
+- `metadata.json`: builder and arguments, sha256 of the weights, the training
+  command, dataset, metrics and the keras/backend versions.
+
+Loading checks that every file is there and that the weights' sha256 matches
+the metadata before Keras reads them, and deserializes in Keras safe mode (no
+lambdas, no pickled code).
+"""
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+from pathlib import Path
+
+import keras
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.weights.h5"
+METADATA_FILE = "metadata.json"
+PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)
+ZOO_ENV = "KZOO_ZOO"
+
+
+class PresetError(ValueError):
+    """A preset is missing, incomplete, corrupt or does not fit the model."""
+
+
+def zoo_dirs():
+    """Directories searched for presets, in order.
+
+    `$KZOO_ZOO` (if set), the zoo shipped inside the installed package, and the
+    `saved_models/` directory of a source checkout.
+    """
+    package = Path(__file__).resolve().parent.parent
+    dirs = []
+    if os.environ.get(ZOO_ENV):
+        dirs.append(Path(os.environ[ZOO_ENV]))
+    dirs += [package / "saved_models", package.parent / "saved_models"]
+    return [d for d in dirs if d.is_dir()]
+
+
+def available_presets():
+    """Names of the presets found in `zoo_dirs()`."""
+    names = set()
+    for zoo in zoo_dirs():
+        names |= {p.name for p in zoo.iterdir() if (p / METADATA_FILE).exists()}
+    return sorted(names)
+
+
+def resolve(preset):
+    """Returns the directory of a preset given by name or path."""
+    path = Path(preset)
+    if path.is_dir():
+        return path
+    if os.sep not in str(preset):
+        for zoo in zoo_dirs():
+            if (zoo / preset).is_dir():
+                return zoo / preset
+    raise PresetError(
+        f"No preset {str(preset)!r}: it is neither a directory nor the name of "
+        f"a preset in the zoo (available: {', '.join(available_presets()) or 'none'})."
+    )
+
+
+def sha256(path):
+    """Hex sha256 of a file."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_metadata(preset):
+    """Reads and verifies a preset; returns `(directory, metadata)`.
+
+    Raises:
+        PresetError: if a file is missing, the metadata is unreadable, or the
+            weights' sha256 differs from the one recorded.
+    """
+    directory = resolve(preset)
+    missing = [f for f in PRESET_FILES if not (directory / f).is_file()]
+    if missing:
+        raise PresetError(
+            f"Preset {str(directory)!r} is incomplete: missing {', '.join(missing)}."
+        )
+    try:
+        metadata = json.loads((directory / METADATA_FILE).read_text())
+        expected = metadata["sha256"][WEIGHTS_FILE]
+    except (ValueError, KeyError, TypeError) as e:
+        raise PresetError(
+            f"Preset {str(directory)!r}: {METADATA_FILE} is unreadable or has no "
+            f"sha256 for {WEIGHTS_FILE} ({e})."
+        ) from e
+    actual = sha256(directory / WEIGHTS_FILE)
+    if actual != expected:
+        raise PresetError(
+            f"Preset {str(directory)!r}: checksum mismatch for {WEIGHTS_FILE} "
+            f"(expected sha256 {expected}, found {actual}). The file is corrupt "
+            "or was replaced; refusing to load it."
+        )
+    return directory, metadata
+
+
+def load_weights(model, preset, builder=None, builder_args=None):
+    """Loads a verified preset's weights into `model`.
+
+    Args:
+        model: a built Keras model.
+        preset: preset name or directory.
+        builder: if given, the builder name the preset must have been made by.
+        builder_args: if given, the builder arguments the preset must match.
+
+    Raises:
+        PresetError: on any verification failure or weight mismatch.
+    """
+    directory, metadata = read_metadata(preset)
+    if builder is not None and metadata.get("builder") != builder:
+        raise PresetError(
+            f"Preset {str(directory)!r} holds weights of "
+            f"{metadata.get('builder')}, not of {builder}."
+        )
+    if builder_args is not None:
+        recorded = metadata.get("builder_args", {})
+        diff = {
+            k: (recorded.get(k), v)
+            for k, v in builder_args.items()
+            if k != "name" and recorded.get(k) != v
+        }
+        if diff:
+            detail = ", ".join(
+                f"{k}: preset {a!r} vs requested {b!r}" for k, (a, b) in diff.items()
+            )
+            raise PresetError(
+                f"Preset {str(directory)!r} does not fit {builder}: {detail}."
+            )
+    try:
+        model.load_weights(directory / WEIGHTS_FILE)
+    except (ValueError, KeyError, OSError) as e:
+        raise PresetError(
+            f"Weights of preset {str(directory)!r} do not fit model "
+            f"{model.name!r}: {e}"
+        ) from e
+    return metadata
+
+
+def load_preset(preset):
+    """Builds the model stored in a preset (safe mode) and loads its weights.
+
+    Example:
+
+    >>> model = load_preset("lnlstm_digits")  # doctest: +SKIP
+    """
+    directory, _ = read_metadata(preset)
+    config = json.loads((directory / CONFIG_FILE).read_text())
+    model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    load_weights(model, directory)
+    return model
+
+
+def save_preset(model, directory, metadata, overwrite=False):
+    """Writes `model` as a preset directory.
+
+    Each file is written to a temporary directory and moved into place, the
+    metadata last, so an interrupted save leaves a preset that fails its
+    checksum rather than one that loads stale weights. Other content of the
+    directory (e.g. `serving/` exports) is kept.
+
+    Args:
+        model: the Keras model.
+        directory: target directory.
+        metadata: dict merged into the recorded metadata (builder,
+            builder_args, training command, dataset, metrics, ...).
+        overwrite: replace an existing preset; otherwise an existing
+            directory raises `FileExistsError`.
+
+    Returns:
+        The metadata written.
+    """
+    directory = Path(directory)
+    if (directory / METADATA_FILE).exists() and not overwrite:
+        raise FileExistsError(
+            f"Preset {str(directory)!r} exists; pass overwrite=True (CLI: "
+            "--overwrite) to replace it."
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
+    try:
+        config = keras.saving.serialize_keras_object(model)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        model.save_weights(tmp / WEIGHTS_FILE)
+        record = {
+            "name": directory.name,
+            **metadata,
+            "sha256": {WEIGHTS_FILE: sha256(tmp / WEIGHTS_FILE)},
+            "parameter_count": int(model.count_params()),
+            "keras_version": keras.__version__,
+            "backend": keras.backend.backend(),
+            "python_version": platform.python_version(),
+            "date_saved": datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec="seconds"
+            ),
+        }
+        (tmp / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
+        directory.mkdir(exist_ok=True)
+        for name in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE):
+            os.replace(tmp / name, directory / name)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return record

@@ -1,0 +1,12 @@
+"""Layers of the papers in the kzoo zoo, one family per module."""
+
+from kzoo.layers.layer_norm_rnn import LayerNormGRU
+from kzoo.layers.layer_norm_rnn import LayerNormGRUCell
+from kzoo.layers.layer_norm_rnn import LayerNormLSTM
+from kzoo.layers.layer_norm_rnn import LayerNormLSTMCell
+from kzoo.layers.layer_norm_rnn import LayerNormSimpleRNN
+from kzoo.layers.layer_norm_rnn import LayerNormSimpleRNNCell
+from kzoo.layers.layer_norm_rnn import layer_norm
+from kzoo.layers.layer_norm_rnn import layer_norm_gru_step
+from kzoo.layers.layer_norm_rnn import layer_norm_lstm_step
+from kzoo.layers.layer_norm_rnn import layer_norm_simple_rnn_step

@@ -1,0 +1,747 @@
+"""Layer-normalized recurrent cells (Ba, Kiros & Hinton, 2016).
+
+The whole implementation of the paper's recurrent models lives here:
+
+- pure `keras.ops` functions (`layer_norm`, `layer_norm_lstm_step`,
+  `layer_norm_gru_step`, `layer_norm_simple_rnn_step`) that compute one time
+  step from explicit parameters, so they can be tested alone and reused;
+- thin cells (`LayerNormLSTMCell`, `LayerNormGRUCell`,
+  `LayerNormSimpleRNNCell`) for `keras.layers.RNN`;
+- convenience sequence layers (`LayerNormLSTM`, `LayerNormGRU`,
+  `LayerNormSimpleRNN`) with the usual `return_sequences`, `return_state`,
+  masking, `go_backwards` and `stateful` behaviour of `keras.layers.RNN`.
+
+The equations are those of `shared/REFERENCE.md` section S1. The cells never
+subclass `keras.layers.LSTM`/`GRU`: those layers may dispatch to a fused cuDNN
+kernel that reads the weights directly and would skip the normalization.
+"""
+
+import inspect
+
+import keras
+from keras import activations
+from keras import constraints
+from keras import initializers
+from keras import ops
+from keras import regularizers
+
+# Keras' RNN layer resets per-sequence dropout masks only for cells that carry
+# this mixin; it has no public export.
+from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+
+_LOW_PRECISION = ("float16", "bfloat16")
+
+
+def layer_norm(x, gamma, beta, epsilon=1e-3):
+    """Layer normalization over the last axis of `x`.
+
+    `LN(a) = gamma * (a - mean(a)) / sqrt(var(a) + epsilon) + beta`, with the
+    statistics of each example taken over its own features only (no batch
+    statistics, identical at training and inference). Half-precision inputs
+    are normalized in float32 and cast back.
+
+    Args:
+        x: tensor of shape `(..., features)`.
+        gamma: gain, shape `(features,)`.
+        beta: bias, shape `(features,)`.
+        epsilon: small float added to the variance.
+
+    Returns:
+        A tensor with the shape and dtype of `x`.
+    """
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    work = ops.cast(x, "float32") if dtype in _LOW_PRECISION else x
+    mean = ops.mean(work, axis=-1, keepdims=True)
+    variance = ops.var(work, axis=-1, keepdims=True)
+    normalized = (work - mean) * ops.rsqrt(variance + epsilon)
+    return ops.cast(normalized, dtype) * gamma + beta
+
+
+def layer_norm_lstm_step(
+    inputs,
+    h_prev,
+    c_prev,
+    params,
+    epsilon=1e-3,
+    activation=ops.tanh,
+    recurrent_activation=ops.sigmoid,
+):
+    """One step of the layer-normalized LSTM.
+
+    Gates are in Keras order `[i, f, c, o]`; the input and recurrent
+    contributions to the `4 * units` gate vector are normalized separately and
+    the cell state is normalized before the output activation:
+
+        z   = LN_x(x W) + LN_h(h W_h) + b
+        c_t = sigma(f) * c_prev + sigma(i) * tanh(g)
+        h_t = sigma(o) * tanh(LN_c(c_t))
+
+    Args:
+        inputs: `(batch, input_dim)`.
+        h_prev: `(batch, units)`.
+        c_prev: `(batch, units)`.
+        params: dict with `kernel`, `recurrent_kernel`, `bias` (or `None`) and
+            the `(gamma, beta)` pairs `kernel_norm`, `recurrent_norm`,
+            `state_norm`.
+        epsilon: layer-norm epsilon.
+        activation: activation of the candidate and of the output.
+        recurrent_activation: activation of the gates.
+
+    Returns:
+        `(h_t, c_t)`.
+    """
+    z = layer_norm(
+        ops.matmul(inputs, params["kernel"]), *params["kernel_norm"], epsilon
+    )
+    z = z + layer_norm(
+        ops.matmul(h_prev, params["recurrent_kernel"]),
+        *params["recurrent_norm"],
+        epsilon,
+    )
+    if params.get("bias") is not None:
+        z = z + params["bias"]
+    z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
+    c = recurrent_activation(z_f) * c_prev + recurrent_activation(
+        z_i
+    ) * activation(z_c)
+    h = recurrent_activation(z_o) * activation(
+        layer_norm(c, *params["state_norm"], epsilon)
+    )
+    return h, c
+
+
+def layer_norm_gru_step(
+    inputs,
+    h_prev,
+    params,
+    epsilon=1e-3,
+    activation=ops.tanh,
+    recurrent_activation=ops.sigmoid,
+    recurrent_input=None,
+):
+    """One step of the layer-normalized GRU.
+
+    Every matrix product is normalized; the reset gate scales the normalized
+    recurrent candidate term:
+
+        [z, r] = LN_x1(x W_zr) + LN_h1(h U_zr) + b
+        h_hat  = tanh(LN_x2(x W_h) + sigma(r) * LN_h2(h U_h))
+        h_t    = (1 - sigma(z)) * h_prev + sigma(z) * h_hat
+
+    Args:
+        inputs: `(batch, input_dim)`.
+        h_prev: `(batch, units)`.
+        params: dict with `kernel` (`(input_dim, 3 * units)`, columns
+            `[z, r, h]`), `recurrent_kernel` (`(units, 3 * units)`), `bias`
+            (`(2 * units,)` or `None`) and the `(gamma, beta)` pairs
+            `gates_kernel_norm`, `gates_recurrent_norm`,
+            `candidate_kernel_norm`, `candidate_recurrent_norm`.
+        epsilon: layer-norm epsilon.
+        activation: activation of the candidate.
+        recurrent_activation: activation of the gates.
+        recurrent_input: the state fed to the recurrent projections, when it
+            differs from `h_prev` (recurrent dropout); defaults to `h_prev`.
+
+    Returns:
+        `h_t`.
+    """
+    units = ops.shape(h_prev)[-1]
+    if recurrent_input is None:
+        recurrent_input = h_prev
+    x_proj = ops.matmul(inputs, params["kernel"])
+    h_proj = ops.matmul(recurrent_input, params["recurrent_kernel"])
+    gates = layer_norm(
+        x_proj[..., : 2 * units], *params["gates_kernel_norm"], epsilon
+    ) + layer_norm(
+        h_proj[..., : 2 * units], *params["gates_recurrent_norm"], epsilon
+    )
+    if params.get("bias") is not None:
+        gates = gates + params["bias"]
+    z, r = ops.split(gates, 2, axis=-1)
+    candidate = activation(
+        layer_norm(
+            x_proj[..., 2 * units :], *params["candidate_kernel_norm"], epsilon
+        )
+        + recurrent_activation(r)
+        * layer_norm(
+            h_proj[..., 2 * units :],
+            *params["candidate_recurrent_norm"],
+            epsilon,
+        )
+    )
+    update = recurrent_activation(z)
+    return (1.0 - update) * h_prev + update * candidate
+
+
+def layer_norm_simple_rnn_step(
+    inputs, h_prev, params, epsilon=1e-3, activation=ops.tanh
+):
+    """One step of the layer-normalized simple RNN (paper eq. 4).
+
+        h_t = f(LN(x W + h U))
+
+    The normalization's `beta` plays the role of the bias.
+
+    Args:
+        inputs: `(batch, input_dim)`.
+        h_prev: `(batch, units)`.
+        params: dict with `kernel`, `recurrent_kernel` and the `(gamma, beta)`
+            pair `norm`.
+        epsilon: layer-norm epsilon.
+        activation: output activation.
+
+    Returns:
+        `h_t`.
+    """
+    summed = ops.matmul(inputs, params["kernel"]) + ops.matmul(
+        h_prev, params["recurrent_kernel"]
+    )
+    return activation(layer_norm(summed, *params["norm"], epsilon))
+
+
+class _LayerNormCell(keras.layers.Layer, DropoutRNNCell):
+    """Arguments, weights and config shared by the layer-normalized cells."""
+
+    def __init__(
+        self,
+        units,
+        activation="tanh",
+        kernel_initializer="glorot_uniform",
+        recurrent_initializer="orthogonal",
+        kernel_regularizer=None,
+        recurrent_regularizer=None,
+        kernel_constraint=None,
+        recurrent_constraint=None,
+        dropout=0.0,
+        recurrent_dropout=0.0,
+        norm_gamma_initializer="ones",
+        norm_beta_initializer="zeros",
+        norm_epsilon=1e-3,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(units, int) or units <= 0:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}': `units` must be a "
+                f"positive integer, got units={units!r}."
+            )
+        for arg, rate in (
+            ("dropout", dropout),
+            ("recurrent_dropout", recurrent_dropout),
+        ):
+            if not 0.0 <= rate < 1.0:
+                raise ValueError(
+                    f"{type(self).__name__} '{self.name}': `{arg}` must be in "
+                    f"[0, 1), got {rate!r}."
+                )
+        if norm_epsilon <= 0:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}': `norm_epsilon` must be "
+                f"positive, got {norm_epsilon!r}."
+            )
+        self.units = units
+        self.activation = activations.get(activation)
+        self.kernel_initializer = initializers.get(kernel_initializer)
+        self.recurrent_initializer = initializers.get(recurrent_initializer)
+        self.kernel_regularizer = regularizers.get(kernel_regularizer)
+        self.recurrent_regularizer = regularizers.get(recurrent_regularizer)
+        self.kernel_constraint = constraints.get(kernel_constraint)
+        self.recurrent_constraint = constraints.get(recurrent_constraint)
+        self.dropout = float(dropout)
+        self.recurrent_dropout = float(recurrent_dropout)
+        self.norm_gamma_initializer = initializers.get(norm_gamma_initializer)
+        self.norm_beta_initializer = initializers.get(norm_beta_initializer)
+        self.norm_epsilon = float(norm_epsilon)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed=seed)
+
+    def _check_input_shape(self, input_shape):
+        if len(input_shape) != 2 or input_shape[-1] is None:
+            raise ValueError(
+                f"{type(self).__name__} '{self.name}' expects one time step of "
+                "shape (batch, features) with a known feature size, got "
+                f"input shape {tuple(input_shape)}."
+            )
+        return input_shape[-1]
+
+    def _add_kernels(self, input_dim, columns):
+        self.kernel = self.add_weight(
+            shape=(input_dim, columns),
+            name="kernel",
+            initializer=self.kernel_initializer,
+            regularizer=self.kernel_regularizer,
+            constraint=self.kernel_constraint,
+        )
+        self.recurrent_kernel = self.add_weight(
+            shape=(self.units, columns),
+            name="recurrent_kernel",
+            initializer=self.recurrent_initializer,
+            regularizer=self.recurrent_regularizer,
+            constraint=self.recurrent_constraint,
+        )
+
+    def _add_norm(self, name, size):
+        gamma = self.add_weight(
+            shape=(size,),
+            name=f"{name}_gamma",
+            initializer=self.norm_gamma_initializer,
+        )
+        beta = self.add_weight(
+            shape=(size,),
+            name=f"{name}_beta",
+            initializer=self.norm_beta_initializer,
+        )
+        return gamma, beta
+
+    def _dropped_inputs(self, inputs, h_prev, training):
+        if training and self.dropout > 0:
+            inputs = inputs * self.get_dropout_mask(inputs)
+        if training and self.recurrent_dropout > 0:
+            h_prev = h_prev * self.get_recurrent_dropout_mask(h_prev)
+        return inputs, h_prev
+
+    def get_initial_state(self, batch_size=None):
+        sizes = (
+            self.state_size
+            if isinstance(self.state_size, (list, tuple))
+            else [self.state_size]
+        )
+        return [
+            ops.zeros((batch_size, size), dtype=self.compute_dtype)
+            for size in sizes
+        ]
+
+    def get_config(self):
+        config = {
+            "units": self.units,
+            "activation": activations.serialize(self.activation),
+            "kernel_initializer": initializers.serialize(
+                self.kernel_initializer
+            ),
+            "recurrent_initializer": initializers.serialize(
+                self.recurrent_initializer
+            ),
+            "kernel_regularizer": regularizers.serialize(
+                self.kernel_regularizer
+            ),
+            "recurrent_regularizer": regularizers.serialize(
+                self.recurrent_regularizer
+            ),
+            "kernel_constraint": constraints.serialize(self.kernel_constraint),
+            "recurrent_constraint": constraints.serialize(
+                self.recurrent_constraint
+            ),
+            "dropout": self.dropout,
+            "recurrent_dropout": self.recurrent_dropout,
+            "norm_gamma_initializer": initializers.serialize(
+                self.norm_gamma_initializer
+            ),
+            "norm_beta_initializer": initializers.serialize(
+                self.norm_beta_initializer
+            ),
+            "norm_epsilon": self.norm_epsilon,
+            "seed": self.seed,
+        }
+        return {**super().get_config(), **config}
+
+
+class _GatedLayerNormCell(_LayerNormCell):
+    """Adds gate activation and gate bias arguments (LSTM and GRU)."""
+
+    def __init__(
+        self,
+        units,
+        recurrent_activation="sigmoid",
+        use_bias=True,
+        bias_initializer="zeros",
+        bias_regularizer=None,
+        bias_constraint=None,
+        **kwargs,
+    ):
+        super().__init__(units, **kwargs)
+        self.recurrent_activation = activations.get(recurrent_activation)
+        self.use_bias = use_bias
+        self.bias_initializer = initializers.get(bias_initializer)
+        self.bias_regularizer = regularizers.get(bias_regularizer)
+        self.bias_constraint = constraints.get(bias_constraint)
+
+    def _add_bias(self, size, initializer=None):
+        if not self.use_bias:
+            return None
+        return self.add_weight(
+            shape=(size,),
+            name="bias",
+            initializer=initializer or self.bias_initializer,
+            regularizer=self.bias_regularizer,
+            constraint=self.bias_constraint,
+        )
+
+    def get_config(self):
+        config = {
+            "recurrent_activation": activations.serialize(
+                self.recurrent_activation
+            ),
+            "use_bias": self.use_bias,
+            "bias_initializer": initializers.serialize(self.bias_initializer),
+            "bias_regularizer": regularizers.serialize(self.bias_regularizer),
+            "bias_constraint": constraints.serialize(self.bias_constraint),
+        }
+        return {**super().get_config(), **config}
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LayerNormLSTMCell(_GatedLayerNormCell):
+    """Cell of a layer-normalized LSTM, for use inside `keras.layers.RNN`.
+
+    Implements `layer_norm_lstm_step`: the input and recurrent projections
+    of the `4 * units` gate vector (Keras gate order `[i, f, c, o]`) are layer
+    normalized separately, and the cell state is normalized before the output
+    activation. Normalization statistics are per example and time step, so
+    training and inference behave identically.
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        activation: activation of the candidate and the output
+            (default `"tanh"`).
+        recurrent_activation: activation of the gates (default `"sigmoid"`).
+        use_bias: whether to add a gate bias after the normalizations.
+        kernel_initializer, recurrent_initializer, bias_initializer:
+            initializers of the input kernel, recurrent kernel and bias.
+        unit_forget_bias: if `True`, add 1 to the forget-gate bias at
+            initialization (as `keras.layers.LSTMCell`).
+        kernel_regularizer, recurrent_regularizer, bias_regularizer:
+            regularizers of the same weights.
+        kernel_constraint, recurrent_constraint, bias_constraint: constraints
+            of the same weights.
+        dropout: fraction of the input units to drop (one mask per sequence).
+        recurrent_dropout: fraction of the recurrent units to drop.
+        norm_gamma_initializer: initializer of the normalization gains
+            (default ones, as in the paper).
+        norm_beta_initializer: initializer of the normalization biases
+            (default zeros).
+        norm_epsilon: small float added to the variance.
+        seed: random seed for dropout.
+
+    Example:
+
+    >>> cell = LayerNormLSTMCell(32)
+    >>> rnn = keras.layers.RNN(cell, return_sequences=True)
+    >>> rnn(np.zeros((4, 10, 8))).shape
+    (4, 10, 32)
+    """
+
+    def __init__(self, units, unit_forget_bias=True, **kwargs):
+        super().__init__(units, **kwargs)
+        self.unit_forget_bias = unit_forget_bias
+        self.state_size = [self.units, self.units]
+        self.output_size = self.units
+
+    def build(self, input_shape):
+        input_dim = self._check_input_shape(input_shape)
+        self._add_kernels(input_dim, 4 * self.units)
+        initializer = self.bias_initializer
+        if self.unit_forget_bias:
+            base = self.bias_initializer
+            units = self.units
+
+            def initializer(shape, dtype=None):
+                return ops.concatenate(
+                    [
+                        base((units,), dtype=dtype),
+                        ops.ones((units,), dtype=dtype),
+                        base((2 * units,), dtype=dtype),
+                    ]
+                )
+
+        self.bias = self._add_bias(4 * self.units, initializer)
+        self.kernel_norm = self._add_norm("kernel_norm", 4 * self.units)
+        self.recurrent_norm = self._add_norm("recurrent_norm", 4 * self.units)
+        self.state_norm = self._add_norm("state_norm", self.units)
+
+    def call(self, inputs, states, training=False):
+        h_prev, c_prev = states
+        inputs, h_in = self._dropped_inputs(inputs, h_prev, training)
+        h, c = layer_norm_lstm_step(
+            inputs,
+            h_in,
+            c_prev,
+            {
+                "kernel": self.kernel,
+                "recurrent_kernel": self.recurrent_kernel,
+                "bias": self.bias,
+                "kernel_norm": self.kernel_norm,
+                "recurrent_norm": self.recurrent_norm,
+                "state_norm": self.state_norm,
+            },
+            self.norm_epsilon,
+            self.activation,
+            self.recurrent_activation,
+        )
+        return h, [h, c]
+
+    def get_config(self):
+        return {**super().get_config(), "unit_forget_bias": self.unit_forget_bias}
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LayerNormGRUCell(_GatedLayerNormCell):
+    """Cell of a layer-normalized GRU, for use inside `keras.layers.RNN`.
+
+    Implements `layer_norm_gru_step`: update and reset gates from the
+    separately normalized input and recurrent projections, and a candidate
+    whose normalized recurrent term is scaled by the reset gate. The new state
+    is `(1 - z) * h_prev + z * candidate` (REFERENCE.md S1). Kernel columns
+    are ordered `[z, r, candidate]`; the bias covers the two gates only (the
+    normalization betas bias the candidate).
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        activation: activation of the candidate (default `"tanh"`).
+        recurrent_activation: activation of the gates (default `"sigmoid"`).
+        use_bias: whether to add a gate bias after the normalizations.
+        kernel_initializer, recurrent_initializer, bias_initializer:
+            initializers of the input kernel, recurrent kernel and bias.
+        kernel_regularizer, recurrent_regularizer, bias_regularizer:
+            regularizers of the same weights.
+        kernel_constraint, recurrent_constraint, bias_constraint: constraints
+            of the same weights.
+        dropout: fraction of the input units to drop (one mask per sequence).
+        recurrent_dropout: fraction of the recurrent units to drop.
+        norm_gamma_initializer: initializer of the normalization gains.
+        norm_beta_initializer: initializer of the normalization biases.
+        norm_epsilon: small float added to the variance.
+        seed: random seed for dropout.
+
+    Example:
+
+    >>> rnn = keras.layers.RNN(LayerNormGRUCell(16))
+    >>> rnn(np.zeros((2, 5, 3))).shape
+    (2, 16)
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **kwargs)
+        self.state_size = self.units
+        self.output_size = self.units
+
+    def build(self, input_shape):
+        input_dim = self._check_input_shape(input_shape)
+        self._add_kernels(input_dim, 3 * self.units)
+        self.bias = self._add_bias(2 * self.units)
+        self.gates_kernel_norm = self._add_norm(
+            "gates_kernel_norm", 2 * self.units
+        )
+        self.gates_recurrent_norm = self._add_norm(
+            "gates_recurrent_norm", 2 * self.units
+        )
+        self.candidate_kernel_norm = self._add_norm(
+            "candidate_kernel_norm", self.units
+        )
+        self.candidate_recurrent_norm = self._add_norm(
+            "candidate_recurrent_norm", self.units
+        )
+
+    def call(self, inputs, states, training=False):
+        h_prev = states[0] if isinstance(states, (list, tuple)) else states
+        inputs, h_in = self._dropped_inputs(inputs, h_prev, training)
+        h = layer_norm_gru_step(
+            inputs,
+            h_prev,
+            {
+                "kernel": self.kernel,
+                "recurrent_kernel": self.recurrent_kernel,
+                "bias": self.bias,
+                "gates_kernel_norm": self.gates_kernel_norm,
+                "gates_recurrent_norm": self.gates_recurrent_norm,
+                "candidate_kernel_norm": self.candidate_kernel_norm,
+                "candidate_recurrent_norm": self.candidate_recurrent_norm,
+            },
+            self.norm_epsilon,
+            self.activation,
+            self.recurrent_activation,
+            recurrent_input=h_in,
+        )
+        return h, [h]
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LayerNormSimpleRNNCell(_LayerNormCell):
+    """Cell of a layer-normalized simple RNN, `h_t = f(LN(x W + h U))`.
+
+    One normalization of the summed input (paper eq. 4); its `beta` is the
+    bias.
+
+    Args:
+        units: positive integer, dimensionality of the output space.
+        activation: output activation (default `"tanh"`).
+        kernel_initializer, recurrent_initializer: initializers of the input
+            and recurrent kernels.
+        kernel_regularizer, recurrent_regularizer: their regularizers.
+        kernel_constraint, recurrent_constraint: their constraints.
+        dropout: fraction of the input units to drop (one mask per sequence).
+        recurrent_dropout: fraction of the recurrent units to drop.
+        norm_gamma_initializer: initializer of the normalization gain.
+        norm_beta_initializer: initializer of the normalization bias.
+        norm_epsilon: small float added to the variance.
+        seed: random seed for dropout.
+
+    Example:
+
+    >>> rnn = keras.layers.RNN(LayerNormSimpleRNNCell(8))
+    >>> rnn(np.zeros((2, 5, 3))).shape
+    (2, 8)
+    """
+
+    def __init__(self, units, **kwargs):
+        super().__init__(units, **kwargs)
+        self.state_size = self.units
+        self.output_size = self.units
+
+    def build(self, input_shape):
+        input_dim = self._check_input_shape(input_shape)
+        self._add_kernels(input_dim, self.units)
+        self.norm = self._add_norm("norm", self.units)
+
+    def call(self, inputs, states, training=False):
+        h_prev = states[0] if isinstance(states, (list, tuple)) else states
+        inputs, h_in = self._dropped_inputs(inputs, h_prev, training)
+        h = layer_norm_simple_rnn_step(
+            inputs,
+            h_in,
+            {
+                "kernel": self.kernel,
+                "recurrent_kernel": self.recurrent_kernel,
+                "norm": self.norm,
+            },
+            self.norm_epsilon,
+            self.activation,
+        )
+        return h, [h]
+
+
+_RNN_ARGS = (
+    "return_sequences",
+    "return_state",
+    "go_backwards",
+    "stateful",
+    "unroll",
+    "zero_output_for_mask",
+    "activity_regularizer",
+)
+_BASE_LAYER_CONFIG = ("name", "trainable", "dtype")
+
+
+class _LayerNormRNN(keras.layers.RNN):
+    """A `keras.layers.RNN` that owns one cell of `cell_class`."""
+
+    cell_class = None
+
+    def __init__(self, units, **kwargs):
+        cell_args = set(inspect.signature(_LayerNormCell.__init__).parameters)
+        for klass in inspect.getmro(self.cell_class):
+            if "__init__" in vars(klass):
+                cell_args |= set(inspect.signature(klass.__init__).parameters)
+        cell_kwargs = {
+            k: kwargs.pop(k)
+            for k in list(kwargs)
+            if k in cell_args and k not in _BASE_LAYER_CONFIG
+        }
+        unknown = set(kwargs) - set(_RNN_ARGS) - {"name", "trainable", "dtype"}
+        if unknown:
+            raise TypeError(
+                f"{type(self).__name__} got unexpected arguments: "
+                f"{sorted(unknown)}."
+            )
+        cell = self.cell_class(
+            units,
+            dtype=kwargs.get("dtype"),
+            trainable=kwargs.get("trainable", True),
+            name="cell",
+            **cell_kwargs,
+        )
+        super().__init__(cell, **kwargs)
+        self.input_spec = keras.layers.InputSpec(ndim=3)
+
+    @property
+    def units(self):
+        return self.cell.units
+
+    @property
+    def activation(self):
+        return self.cell.activation
+
+    @property
+    def dropout(self):
+        return self.cell.dropout
+
+    @property
+    def recurrent_dropout(self):
+        return self.cell.recurrent_dropout
+
+    @property
+    def norm_epsilon(self):
+        return self.cell.norm_epsilon
+
+    def get_config(self):
+        config = super().get_config()
+        del config["cell"]
+        cell_config = {
+            k: v
+            for k, v in self.cell.get_config().items()
+            if k not in _BASE_LAYER_CONFIG
+        }
+        return {**config, **cell_config}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LayerNormLSTM(_LayerNormRNN):
+    """Layer-normalized LSTM layer: `keras.layers.RNN(LayerNormLSTMCell(...))`.
+
+    Takes every argument of `LayerNormLSTMCell` and of `keras.layers.RNN`
+    (`return_sequences`, `return_state`, `go_backwards`, `stateful`, `unroll`,
+    `zero_output_for_mask`), and supports masking like `keras.layers.LSTM`.
+
+    Example:
+
+    >>> layer = LayerNormLSTM(32, return_sequences=True)
+    >>> layer(np.zeros((4, 10, 8))).shape
+    (4, 10, 32)
+    """
+
+    cell_class = LayerNormLSTMCell
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LayerNormGRU(_LayerNormRNN):
+    """Layer-normalized GRU layer: `keras.layers.RNN(LayerNormGRUCell(...))`.
+
+    Takes every argument of `LayerNormGRUCell` and of `keras.layers.RNN`.
+
+    Example:
+
+    >>> LayerNormGRU(16)(np.zeros((2, 5, 3))).shape
+    (2, 16)
+    """
+
+    cell_class = LayerNormGRUCell
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LayerNormSimpleRNN(_LayerNormRNN):
+    """Layer-normalized simple RNN layer.
+
+    Takes every argument of `LayerNormSimpleRNNCell` and of
+    `keras.layers.RNN`.
+
+    Example:
+
+    >>> LayerNormSimpleRNN(8)(np.zeros((2, 5, 3))).shape
+    (2, 8)
+    """
+
+    cell_class = LayerNormSimpleRNNCell

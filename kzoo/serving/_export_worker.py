@@ -1,0 +1,19 @@
+"""Exports a `.keras` file as a SavedModel in a TensorFlow-backend process.
+
+Started by `kzoo.serving.export` when the model lives in a JAX or PyTorch
+process. Usage: KERAS_BACKEND=tensorflow python -m kzoo.serving._export_worker
+MODEL.keras OUTPUT_DIR
+"""
+
+import sys
+
+import keras
+
+import kzoo  # noqa: F401  (registers kzoo's serializable layers)
+from kzoo.serving.export import _write_saved_model
+
+if __name__ == "__main__":
+    if keras.backend.backend() != "tensorflow":
+        raise SystemExit("the export worker needs KERAS_BACKEND=tensorflow")
+    model = keras.saving.load_model(sys.argv[1], compile=False, safe_mode=True)
+    _write_saved_model(model, sys.argv[2])

@@ -1,0 +1,103 @@
+"""Runs a SavedModel export with TensorFlow alone (started by `kzoo.serving.verify`).
+
+This file is executed as a script in an isolated interpreter (`python -I`): it
+never imports kzoo, as a TF Serving server runs no Python of ours. It prints one
+JSON line (signature, graph problems) and writes the outputs to an .npz file.
+
+Usage: python -I _verify_worker.py EXPORT_DIR OUTPUT_NPZ
+"""
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+from tensorflow.core.protobuf import saved_model_pb2
+
+FORBIDDEN_OPS = {"PyFunc", "PyFuncStateless", "EagerPyFunc", "XlaCallModule"}
+
+
+def _called_functions(node):
+    for value in node.attr.values():
+        if value.HasField("func"):
+            yield value.func.name
+        yield from (f.name for f in value.list.func)
+
+
+def serving_nodes(export_dir, signature="serving_default"):
+    """Every node that computes the signature's outputs, through all the
+    functions it calls (checkpoint save/restore functions excluded)."""
+    proto = saved_model_pb2.SavedModel()
+    proto.ParseFromString((export_dir / "saved_model.pb").read_bytes())
+    meta_graph = proto.meta_graphs[0]
+    graph = meta_graph.graph_def
+    by_name = {node.name: node for node in graph.node}
+    library = {f.signature.name: f for f in graph.library.function}
+    pending = [
+        t.name.split(":")[0].lstrip("^")
+        for t in meta_graph.signature_def[signature].outputs.values()
+    ]
+    seen_nodes, seen_functions, nodes = set(), set(), []
+    while pending:
+        name = pending.pop()
+        if name in seen_nodes or name not in by_name:
+            continue
+        seen_nodes.add(name)
+        node = by_name[name]
+        nodes.append(node)
+        pending.extend(i.split(":")[0].lstrip("^") for i in node.input)
+    functions = [f for n in nodes for f in _called_functions(n)]
+    while functions:
+        name = functions.pop()
+        if name in seen_functions or name not in library:
+            continue
+        seen_functions.add(name)
+        for node in library[name].node_def:
+            nodes.append(node)
+            functions.extend(_called_functions(node))
+    return nodes
+
+
+def graph_problems(export_dir):
+    problems = set()
+    for node in serving_nodes(export_dir):
+        if node.op in FORBIDDEN_OPS:
+            problems.add(f"graph contains op {node.op} (node {node.name})")
+        if node.device:
+            problems.add(f"node {node.name} is pinned to device {node.device!r}")
+    return sorted(problems)
+
+
+def main(export_dir, output_file):
+    export_dir = Path(export_dir)
+    loaded = tf.saved_model.load(str(export_dir))
+    if "serving_default" not in loaded.signatures:
+        raise SystemExit(f"{export_dir} has no serving_default signature")
+    signature = loaded.signatures["serving_default"]
+    input_specs = signature.structured_input_signature[1]
+    output_specs = signature.structured_outputs
+    with np.load(export_dir / "assets.extra" / "kzoo_reference.npz") as ref:
+        feeds = {
+            name: tf.constant(ref[f"input/{name}"], dtype=spec.dtype)
+            for name, spec in input_specs.items()
+        }
+    outputs = signature(**feeds)
+    np.savez(output_file, **{k: v.numpy() for k, v in outputs.items()})
+    problems = graph_problems(export_dir)
+    if "kzoo" in sys.modules:
+        problems.append("kzoo was imported by the serving process")
+    print(
+        json.dumps(
+            {
+                "inputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in input_specs.items()},
+                "outputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in output_specs.items()},
+                "problems": problems,
+                "tensorflow_version": tf.__version__,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])
