@@ -1,0 +1,203 @@
+"""The `kzoo` command: list, train, evaluate, export and verify zoo models.
+
+    kzoo list
+    kzoo train NAME [--epochs N] [--seed S] [--zoo DIR] [--overwrite]
+    kzoo evaluate NAME... | --all
+    kzoo export NAME... | --all [--base-dir DIR] [--version V]
+    kzoo verify PATH...
+    kzoo demo [--base-dir DIR]     # evaluate, export and verify every pretrained model
+
+`--backend` (before the command) selects the Keras backend; the default is
+`$KERAS_BACKEND` or TensorFlow. The command only calls the library.
+"""
+
+import argparse
+import os
+import sys
+
+
+def _table(rows, headers):
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
+              for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    print("\n" + line + "\n" + "  ".join("-" * w for w in widths))
+    for row in cells:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def _fmt(value):
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _names(args, zoo, presets):
+    if getattr(args, "all", False):
+        return [n for n in zoo.list_models() if n in presets.available_presets()]
+    if not args.names:
+        raise SystemExit("give model names or --all")
+    return args.names
+
+
+def cmd_list(args):
+    from kzoo.applications import presets
+    from kzoo.applications import zoo
+
+    available = presets.available_presets()
+    rows = []
+    for name in zoo.list_models():
+        item = zoo.entry(name)
+        rows.append([name, item.builder.__name__, item.task,
+                     "yes" if name in available else "no", item.description])
+    _table(rows, ["name", "builder", "task", "pretrained", "description"])
+
+
+def cmd_train(args):
+    from kzoo import training
+
+    _, metadata = training.train(args.name, zoo_dir=args.zoo, epochs=args.epochs,
+                                 overwrite=args.overwrite, seed=args.seed)
+    test = metadata["metrics"]["test"]
+    _table([[args.name, *(_fmt(v) for v in test.values()), metadata["sha256"]["model.weights.h5"][:12]]],
+           ["name", *(f"test {k}" for k in test), "sha256"])
+
+
+def _evaluate(names):
+    from kzoo import training
+    from kzoo.applications import presets
+    from kzoo.applications import zoo
+
+    rows, ok = [], True
+    for name in names:
+        model = zoo.get(name, weights="pretrained")
+        _, metadata = presets.read_metadata(name)
+        results = training.evaluate(model, zoo.entry(name).task)
+        recorded = metadata["metrics"]["test"]
+        match = abs(results["loss"] - recorded["loss"]) <= 1e-3 * max(1.0, recorded["loss"])
+        ok &= match
+        metric = "bits_per_char" if "bits_per_char" in results else "accuracy"
+        rows.append([name, metric, _fmt(results[metric]), _fmt(results["loss"]),
+                     _fmt(recorded["loss"]), "yes" if match else "NO"])
+    _table(rows, ["name", "metric", "test value", "test loss", "recorded loss", "matches"])
+    return ok
+
+
+def cmd_evaluate(args):
+    from kzoo.applications import presets
+    from kzoo.applications import zoo
+
+    if not _evaluate(_names(args, zoo, presets)):
+        raise SystemExit("evaluation differs from the metrics recorded in the zoo")
+
+
+def _export(names, base_dir, version=None):
+    from kzoo import serving
+    from kzoo import training
+    from kzoo.applications import zoo
+
+    paths = []
+    for name in names:
+        model = zoo.get(name, weights="pretrained")
+        inputs = {model.inputs[0].name: training.sample_inputs(name)}
+        paths.append(serving.export(model, base_dir, version=version, sample_inputs=inputs))
+        print(f"exported {name} -> {paths[-1]}", file=sys.stderr)
+    return paths
+
+
+def cmd_export(args):
+    from kzoo.applications import presets
+    from kzoo.applications import zoo
+
+    paths = _export(_names(args, zoo, presets), args.base_dir, args.version)
+    _table([[str(p)] for p in paths], ["export"])
+
+
+def _verify(paths):
+    from kzoo import serving
+
+    rows, ok = [], True
+    for path in paths:
+        try:
+            report = serving.verify(path)
+            diff = max(report.max_abs_diff.values(), default=0.0)
+            rows.append([str(path), ", ".join(report.inputs), ", ".join(report.outputs),
+                         f"{diff:.2e}", "ok"])
+        except serving.VerificationError as e:
+            ok = False
+            rows.append([str(path), "", "", "", "FAILED"])
+            print(e, file=sys.stderr)
+    _table(rows, ["export", "inputs", "outputs", "max |diff|", "status"])
+    return ok
+
+
+def cmd_verify(args):
+    if not _verify(args.paths):
+        raise SystemExit("verification failed")
+
+
+def cmd_demo(args):
+    from kzoo.applications import presets
+    from kzoo.applications import zoo
+
+    names = [n for n in zoo.list_models() if n in presets.available_presets()]
+    if not names:
+        raise SystemExit("the zoo holds no pretrained model")
+    print(f"Evaluating {len(names)} pretrained zoo models on held-out data", file=sys.stderr)
+    evaluated = _evaluate(names)
+    paths = _export(names, args.base_dir)
+    verified = _verify(paths)
+    print(f"\nTF Serving config: {os.path.join(args.base_dir, 'models.config')}")
+    if not (evaluated and verified):
+        raise SystemExit("demo failed")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="kzoo", description=__doc__.split("\n")[0])
+    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
+                        help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    sub.add_parser("list", help="list the registered models").set_defaults(func=cmd_list)
+
+    p = sub.add_parser("train", help="train a model and store it in the zoo")
+    p.add_argument("name")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--zoo", default="saved_models", help="zoo directory (default: saved_models)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing preset")
+    p.set_defaults(func=cmd_train)
+
+    for command, func, help_text in (
+        ("evaluate", cmd_evaluate, "evaluate pretrained models on their test split"),
+        ("export", cmd_export, "export pretrained models for TF Serving"),
+    ):
+        p = sub.add_parser(command, help=help_text)
+        p.add_argument("names", nargs="*")
+        p.add_argument("--all", action="store_true", help="every pretrained model")
+        if command == "export":
+            p.add_argument("--base-dir", default="saved_models")
+            p.add_argument("--version", type=int)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("verify", help="verify SavedModel exports in a TF-only process")
+    p.add_argument("paths", nargs="+")
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("demo", help="evaluate, export and verify every pretrained model")
+    p.add_argument("--base-dir", default="saved_models")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    if args.backend and os.environ.get("KERAS_BACKEND") != args.backend:
+        os.environ["KERAS_BACKEND"] = args.backend
+        if "keras" in sys.modules:  # imported with another backend: start again
+            os.execv(sys.executable, [sys.executable, "-m", "kzoo.cli", *argv])
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main()
