@@ -3,4 +3,5 @@
 __version__ = "0.1.0"
 
 from kzoo import applications  # noqa: E402
+from kzoo import callbacks  # noqa: E402
 from kzoo import layers  # noqa: E402

@@ -120,12 +120,14 @@ def _verify(paths):
             report = serving.verify(path)
             diff = max(report.max_abs_diff.values(), default=0.0)
             rows.append([str(path), ", ".join(report.inputs), ", ".join(report.outputs),
-                         f"{diff:.2e}", "ok"])
+                         f"{diff:.2e}", report.device,
+                         f"{report.latency_ms['1']:.2f}", f"{report.latency_ms['64']:.2f}", "ok"])
         except serving.VerificationError as e:
             ok = False
-            rows.append([str(path), "", "", "", "FAILED"])
+            rows.append([str(path), "", "", "", "", "", "", "FAILED"])
             print(e, file=sys.stderr)
-    _table(rows, ["export", "inputs", "outputs", "max |diff|", "status"])
+    _table(rows, ["export", "inputs", "outputs", "max |diff|", "device",
+                  "ms/batch 1", "ms/batch 64", "status"])
     return ok
 
 

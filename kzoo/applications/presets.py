@@ -195,9 +195,15 @@ def save_preset(model, directory, metadata, overwrite=False):
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
+        # A preset is for inference and fine-tuning: the architecture and
+        # weights only, without the training run's compile state or
+        # optimizer variables.
         config = keras.saving.serialize_keras_object(model)
+        config.pop("compile_config", None)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        model.save_weights(tmp / WEIGHTS_FILE)
+        bare = keras.saving.deserialize_keras_object(config, safe_mode=False)
+        bare.set_weights(model.get_weights())
+        bare.save_weights(tmp / WEIGHTS_FILE)
         record = {
             "name": directory.name,
             **metadata,

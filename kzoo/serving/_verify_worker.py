@@ -9,6 +9,7 @@ Usage: python -I _verify_worker.py EXPORT_DIR OUTPUT_NPZ
 
 import json
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -69,6 +70,24 @@ def graph_problems(export_dir):
     return sorted(problems)
 
 
+def timing(signature, feeds, batch_size, runs=30):
+    """Median wall time (ms) of one `serving_default` call on `batch_size`
+    rows (the reference rows repeated), after two warm-up calls."""
+    batch = {
+        name: tf.repeat(value, -(-batch_size // value.shape[0]), axis=0)[:batch_size]
+        for name, value in feeds.items()
+    }
+    times = []
+    for i in range(runs + 2):
+        start = time.perf_counter()
+        outputs = signature(**batch)
+        for value in outputs.values():
+            value.numpy()  # waits for the device
+        if i >= 2:
+            times.append(1000.0 * (time.perf_counter() - start))
+    return float(np.median(times))
+
+
 def main(export_dir, output_file):
     export_dir = Path(export_dir)
     loaded = tf.saved_model.load(str(export_dir))
@@ -84,6 +103,7 @@ def main(export_dir, output_file):
         }
     outputs = signature(**feeds)
     np.savez(output_file, **{k: v.numpy() for k, v in outputs.items()})
+    latency_ms = {str(b): timing(signature, feeds, b) for b in (1, 64)}
     problems = graph_problems(export_dir)
     if "kzoo" in sys.modules:
         problems.append("kzoo was imported by the serving process")
@@ -94,6 +114,8 @@ def main(export_dir, output_file):
                 "outputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in output_specs.items()},
                 "problems": problems,
                 "tensorflow_version": tf.__version__,
+                "device": (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name,
+                "latency_ms": latency_ms,
             }
         )
     )

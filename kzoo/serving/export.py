@@ -246,6 +246,8 @@ class VerifyReport:
         max_abs_diff: per output, the largest difference between the
             SavedModel's and the Keras model's outputs.
         problems: what failed (empty when the export is good).
+        device: the device TensorFlow placed the graph on (a GPU if any).
+        latency_ms: median time of one `serving_default` call, by batch size.
     """
 
     path: str
@@ -253,6 +255,8 @@ class VerifyReport:
     outputs: dict
     max_abs_diff: dict
     problems: list
+    device: str = ""
+    latency_ms: dict = dataclasses.field(default_factory=dict)
 
     @property
     def ok(self):
@@ -272,6 +276,9 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
     - the graph has no Python-function ops (`PyFunc`, `EagerPyFunc`), no
       `XlaCallModule` (platform-pinned) and no hard device placements;
     - kzoo was not imported by the subprocess.
+
+    It also times `serving_default` (batch 1 and 64) on the best device
+    TensorFlow sees, for the report.
 
     Args:
         path: an export version directory.
@@ -342,6 +349,8 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
         outputs=worker["outputs"],
         max_abs_diff=diffs,
         problems=problems,
+        device=worker["device"],
+        latency_ms=worker["latency_ms"],
     )
     if problems:
         raise VerificationError(

@@ -1,0 +1,150 @@
+"""The zoo: registry, verified presets, builders with `weights=`, training."""
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+
+from kzoo import applications
+from kzoo import training
+from kzoo.applications import presets
+from kzoo.applications import zoo
+
+PRETRAINED = ["lnlstm_char_lm", "lnlstm_digits", "lstm_char_lm", "lstm_digits"]
+
+
+@pytest.fixture
+def preset_copy(tmp_path):
+    """A copy of the pretrained `lnlstm_digits` preset, to damage."""
+    target = tmp_path / "lnlstm_digits"
+    shutil.copytree(presets.resolve("lnlstm_digits"), target)
+    return target
+
+
+def test_registry_lists_models_with_pretrained_presets():
+    assert set(PRETRAINED) <= set(applications.list_models())
+    assert set(PRETRAINED) <= set(presets.available_presets())
+    with pytest.raises(ValueError, match="Unknown model 'nope'"):
+        applications.get("nope")
+
+
+def test_metadata_records_provenance():
+    for name in PRETRAINED:
+        _, metadata = presets.read_metadata(name)
+        assert metadata["training_command"].endswith(f"kzoo train {name} "
+                                                     f"--epochs {metadata['training_command'].split()[-3]} --seed 0")
+        assert metadata["builder"] == zoo.entry(name).builder.__name__
+        assert metadata["builder_args"] == training.builder_args(name)
+        for key in ("dataset", "keras_version", "backend", "metrics", "parameter_count"):
+            assert metadata[key]
+
+
+@pytest.mark.parametrize("name", ["lnlstm_digits", "lstm_digits"])
+def test_pretrained_classifier_reproduces_recorded_test_metrics(name):
+    model = applications.get(name, weights="pretrained")
+    _, metadata = presets.read_metadata(name)
+    results = training.evaluate(model, "digits_rows", verbose=0)
+    recorded = metadata["metrics"]["test"]
+    np.testing.assert_allclose(results["loss"], recorded["loss"], rtol=1e-4)
+    np.testing.assert_allclose(results["accuracy"], recorded["accuracy"], rtol=1e-6)
+    assert results["accuracy"] > 0.9
+
+
+def test_pretrained_char_lm_beats_unigram_model():
+    model = applications.get("lnlstm_char_lm", weights="pretrained")
+    x, y = training.TASKS["stdlib_chars"].load("test")
+    x, y = x[:128], y[:128]
+    probs = keras.ops.convert_to_numpy(model(x))
+    bits = -np.log2(np.take_along_axis(probs, y[..., None], -1)).mean()
+    counts = np.bincount(y.ravel(), minlength=probs.shape[-1]) + 1.0
+    unigram_bits = -(counts / counts.sum() * np.log2(counts / counts.sum())).sum()
+    assert bits < 0.6 * unigram_bits, (bits, unigram_bits)
+
+
+def test_builders_take_weights_like_keras_applications():
+    by_name = applications.get("lnlstm_digits", weights="pretrained")
+    by_builder = applications.LNLSTMClassifier(weights="lnlstm_digits")
+    by_path = applications.LNLSTMClassifier(weights=str(presets.resolve("lnlstm_digits")))
+    x, _ = training.TASKS["digits_rows"].load("test")
+    expected = keras.ops.convert_to_numpy(by_name(x[:16]))
+    for model in (by_builder, by_path, presets.load_preset("lnlstm_digits")):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x[:16])), expected, atol=1e-6)
+    random_init = applications.get("lnlstm_digits")
+    assert not np.allclose(keras.ops.convert_to_numpy(random_init(x[:16])), expected, atol=1e-3)
+
+
+def test_wrong_builder_or_arguments_are_refused():
+    with pytest.raises(applications.PresetError, match="holds weights of LSTMClassifier"):
+        applications.LNLSTMClassifier(weights="lstm_digits")
+    with pytest.raises(applications.PresetError, match="units: preset 64 vs requested 32"):
+        applications.LNLSTMClassifier(units=32, weights="lnlstm_digits")
+    with pytest.raises(applications.PresetError, match="No preset 'missing_preset'"):
+        applications.LNLSTMClassifier(weights="missing_preset")
+
+
+def test_checksum_mismatch_is_refused(preset_copy):
+    weights = preset_copy / presets.WEIGHTS_FILE
+    data = bytearray(weights.read_bytes())
+    data[-100] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(applications.PresetError, match="checksum mismatch"):
+        applications.LNLSTMClassifier(weights=str(preset_copy))
+    with pytest.raises(applications.PresetError, match="checksum mismatch"):
+        presets.load_preset(preset_copy)
+
+
+@pytest.mark.parametrize("missing", presets.PRESET_FILES)
+def test_missing_file_is_refused(preset_copy, missing):
+    (preset_copy / missing).unlink()
+    with pytest.raises(applications.PresetError, match=f"missing {missing}"):
+        presets.load_preset(preset_copy)
+
+
+def test_weights_that_do_not_fit_are_refused(preset_copy, tmp_path):
+    # Weights of another architecture under a correct checksum.
+    other = applications.LNLSTMCharLM(units=8, embedding_dim=4)
+    other.save_weights(tmp_path / "other.weights.h5")
+    shutil.copy(tmp_path / "other.weights.h5", preset_copy / presets.WEIGHTS_FILE)
+    metadata = json.loads((preset_copy / presets.METADATA_FILE).read_text())
+    metadata["sha256"][presets.WEIGHTS_FILE] = presets.sha256(preset_copy / presets.WEIGHTS_FILE)
+    (preset_copy / presets.METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(applications.PresetError, match="do not fit"):
+        presets.load_preset(preset_copy)
+
+
+def test_loading_uses_safe_mode(tmp_path):
+    inputs = keras.Input((3,), name="x")
+    outputs = keras.layers.Lambda(lambda t: t * 2.0, name="double")(inputs)
+    model = keras.Model(inputs, outputs)
+    presets.save_preset(model, tmp_path / "unsafe", {"builder": "none"})
+    with pytest.raises(ValueError, match="(?i)unsafe|safe_mode"):
+        presets.load_preset(tmp_path / "unsafe")
+
+
+def test_save_preset_never_overwrites_without_intent(tmp_path):
+    model = applications.LNLSTMClassifier(units=4)
+    model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+    model.fit(np.zeros((4, 8, 8)), np.zeros(4), verbose=0)  # creates optimizer variables
+    presets.save_preset(model, tmp_path / "p", {"builder": "LNLSTMClassifier"})
+    config = json.loads((tmp_path / "p" / presets.CONFIG_FILE).read_text())
+    assert "compile_config" not in config  # architecture and weights only
+    bare = applications.LNLSTMClassifier(units=4)
+    bare.load_weights(tmp_path / "p" / presets.WEIGHTS_FILE)  # no optimizer state inside
+    before = (tmp_path / "p" / presets.METADATA_FILE).read_text()
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        presets.save_preset(model, tmp_path / "p", {"builder": "LNLSTMClassifier"})
+    assert (tmp_path / "p" / presets.METADATA_FILE).read_text() == before
+    presets.save_preset(model, tmp_path / "p", {"builder": "LNLSTMClassifier"}, overwrite=True)
+    assert sorted(p.name for p in (tmp_path / "p").iterdir()) == sorted(presets.PRESET_FILES)
+
+
+def test_train_stores_a_loadable_preset(tmp_path):
+    model, metadata = training.train("lnlstm_digits", zoo_dir=tmp_path, epochs=2, verbose=0)
+    assert metadata["training"]["epochs_run"] == 2
+    loaded = presets.load_preset(tmp_path / "lnlstm_digits")
+    results = training.evaluate(loaded, "digits_rows", verbose=0)
+    np.testing.assert_allclose(results["loss"], metadata["metrics"]["test"]["loss"], rtol=1e-4)
+    with pytest.raises(FileExistsError, match="already holds a preset"):
+        training.train("lnlstm_digits", zoo_dir=tmp_path, epochs=1, verbose=0)
