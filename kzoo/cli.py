@@ -198,7 +198,10 @@ def main(argv=None):
         if "keras" in sys.modules:  # imported with another backend: start again
             os.execv(sys.executable, [sys.executable, "-m", "kzoo.cli", *argv])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    args.func(args)
+    try:
+        args.func(args)
+    except (FileExistsError, ValueError) as e:  # PresetError is a ValueError
+        raise SystemExit(f"kzoo {args.command}: error: {e}") from e
 
 
 if __name__ == "__main__":

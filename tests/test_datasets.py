@@ -1,0 +1,59 @@
+"""The datasets that ship with scikit-learn and with Python itself."""
+
+import numpy as np
+import pytest
+from sklearn.datasets import load_digits
+
+from kzoo.datasets import digits
+from kzoo.datasets import stdlib_text
+
+
+def test_digits_splits_are_disjoint_stratified_and_complete():
+    data = load_digits()
+    key = lambda image, label: (image.astype("float32") / 16.0).tobytes() + bytes([label])
+    everything = {key(i, t) for i, t in zip(data.images, data.target)}
+    union, total = set(), 0
+    for split in digits.SPLITS:
+        x, y = digits.load(split)
+        assert x.shape[1:] == (8, 8) and x.dtype == np.float32 and y.dtype == np.int32
+        assert 0.0 <= x.min() and x.max() <= 1.0
+        # Each example is one image, row t as time step t; classes are balanced.
+        union |= {(img.tobytes() + bytes([int(lab)])) for img, lab in zip(x, y)}
+        assert np.bincount(y, minlength=10).min() >= 0.9 * len(y) / 10
+        total += len(y)
+    assert [len(digits.load(s)[1]) for s in digits.SPLITS] == [1258, 269, 270]
+    assert total == len(data.target) and union == everything
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        digits.load("dev")
+
+
+def test_stdlib_text_splits_are_disjoint_by_module():
+    files = {s: {p.name for p in stdlib_text.source_files(s)} for s in stdlib_text.SPLITS}
+    assert files["train"] and files["validation"] and files["test"]
+    assert not (files["train"] & files["validation"] or files["train"] & files["test"]
+                or files["validation"] & files["test"])
+    total = sum(len(f) for f in files.values())
+    assert 0.7 < len(files["train"]) / total < 0.9
+    assert "os.py" in set().union(*files.values())
+
+
+def test_stdlib_text_windows_predict_the_next_character():
+    x, y = stdlib_text.load("validation", sequence_length=32, max_chars=20_000)
+    assert x.shape == y.shape and x.shape[1] == 32 and x.dtype == np.int32
+    assert len(x) == 20_000 // 33
+    np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
+    # Consecutive, non-overlapping windows of the split's concatenated files.
+    text = "\n".join(p.read_text(encoding="utf-8", errors="replace")
+                     for p in stdlib_text.source_files("validation"))
+    windows = np.concatenate([x, y[:, -1:]], axis=1).ravel()
+    np.testing.assert_array_equal(windows, stdlib_text.encode(text[: windows.size]))
+    assert x.max() < stdlib_text.VOCAB_SIZE and x.min() >= 2
+
+
+def test_stdlib_text_encoding_round_trip_and_unknown_characters():
+    text = "def f(x):\n\treturn x ~ 1\n"
+    np.testing.assert_array_equal(stdlib_text.encode(text), stdlib_text.encode(
+        stdlib_text.decode(stdlib_text.encode(text))))
+    assert stdlib_text.decode(stdlib_text.encode(text)) == text
+    assert stdlib_text.encode("é")[0] == stdlib_text.OOV_ID
+    assert stdlib_text.VOCAB_SIZE == 99

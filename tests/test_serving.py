@@ -1,0 +1,195 @@
+"""TF Serving export and its verification in a TensorFlow-only process."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from kzoo import applications
+from kzoo import callbacks
+from kzoo import layers
+from kzoo import serving
+from kzoo.datasets import digits
+
+
+def _trained_classifier(epochs=1, **fit_kwargs):
+    """A small LN-LSTM digits classifier trained on the current backend."""
+    keras.utils.set_random_seed(0)
+    model = applications.LNLSTMClassifier(units=8, name="tiny_digits")
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    x, y = digits.load("train")
+    history = model.fit(x[:256], y[:256], epochs=epochs, batch_size=64, verbose=0, **fit_kwargs)
+    return model, history
+
+
+@pytest.mark.multibackend
+def test_export_from_any_backend_is_a_plain_tensorflow_graph(tmp_path):
+    model, _ = _trained_classifier()
+    x, _ = digits.load("test")
+    path = serving.export(model, tmp_path, sample_inputs={"pixel_rows": x[:5]})
+    assert path == tmp_path / "tiny_digits" / "serving" / "1"
+    info = json.loads((path / "assets.extra" / "kzoo_export.json").read_text())
+    assert info["source_backend"] == keras.backend.backend()
+    report = serving.verify(path, model=model)  # compares with this backend's model too
+    assert report.ok
+    assert report.inputs == {"pixel_rows": ["float32", [None, 8, 8]]}
+    assert report.outputs == {"class_probabilities": ["float32", [None, 10]]}
+    assert max(report.max_abs_diff.values()) < 1e-4
+
+
+@pytest.mark.multibackend
+def test_gru_sequence_model_exports_with_variable_length(tmp_path):
+    inputs = keras.Input((None, 3), name="sensor_readings")
+    x = layers.LayerNormGRU(6, return_sequences=True)(inputs)
+    outputs = keras.layers.Dense(2, name="forecast")(x)
+    model = keras.Model(inputs, outputs, name="gru_forecaster")
+    rng = np.random.default_rng(0)
+    path = serving.export(
+        model, tmp_path, sample_inputs={"sensor_readings": rng.normal(size=(2, 13, 3)).astype("float32")}
+    )
+    report = serving.verify(path, model=model)
+    assert report.inputs == {"sensor_readings": ["float32", [None, None, 3]]}
+    assert report.outputs == {"forecast": ["float32", [None, None, 2]]}
+
+
+def test_versions_increment_and_are_never_overwritten(tmp_path):
+    model = applications.LNLSTMClassifier(units=4, name="digits_model")
+    first = serving.export(model, tmp_path)
+    second = serving.export(model, tmp_path)
+    assert (first.name, second.name) == ("1", "2")
+    saved = (first / "saved_model.pb").read_bytes()
+    with pytest.raises(FileExistsError, match="never overwritten"):
+        serving.export(model, tmp_path, version=1)
+    assert (first / "saved_model.pb").read_bytes() == saved
+    assert serving.export(model, tmp_path, version=7).name == "7"
+    assert serving.export(model, tmp_path).name == "8"
+    # No temporary directories are left behind.
+    assert sorted(p.name for p in (tmp_path / "digits_model" / "serving").iterdir()) == [
+        "1", "2", "7", "8"]
+    config = (tmp_path / "models.config").read_text()
+    assert 'name: "digits_model"' in config
+    assert 'base_path: "/models/digits_model/serving"' in config
+    assert 'model_platform: "tensorflow"' in config
+    with pytest.raises(ValueError, match="not a valid serving name"):
+        serving.export(model, tmp_path, name="bad name/..")
+
+
+def test_predict_request_matches_the_signature(tmp_path):
+    import tensorflow as tf
+    from tensorflow_serving.apis import predict_pb2
+
+    model = applications.get("lnlstm_digits", weights="pretrained")
+    path = serving.export(model, tmp_path)
+    x, y = digits.load("test")
+
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "lnlstm_digits"
+    request.model_spec.signature_name = "serving_default"
+    request.inputs["pixel_rows"].CopyFrom(tf.make_tensor_proto(x[:8]))
+
+    signature = tf.saved_model.load(str(path)).signatures["serving_default"]
+    specs = signature.structured_input_signature[1]
+    assert set(request.inputs) == set(specs)
+    feeds = {k: tf.make_ndarray(v) for k, v in request.inputs.items()}
+    for name, value in feeds.items():
+        assert tf.as_dtype(value.dtype) == specs[name].dtype
+        assert specs[name].shape.is_compatible_with(value.shape)
+    served = signature(**feeds)["class_probabilities"].numpy()
+    np.testing.assert_allclose(served, keras.ops.convert_to_numpy(model(x[:8])), atol=1e-5)
+    assert (served.argmax(-1) == y[:8]).mean() >= 0.75
+
+
+def test_tampered_reference_outputs_fail_verification(tmp_path):
+    model = applications.LNLSTMClassifier(units=4, name="digits_model")
+    path = serving.export(model, tmp_path)
+    reference = path / "assets.extra" / "kzoo_reference.npz"
+    with np.load(reference) as ref:
+        data = dict(ref)
+    data["output/class_probabilities"] = data["output/class_probabilities"][:, ::-1]
+    np.savez(reference, **data)
+    with pytest.raises(serving.VerificationError, match="differs from recorded Keras outputs"):
+        serving.verify(path)
+
+
+def test_generic_signature_names_fail_verification(tmp_path):
+    inputs = keras.Input((4,))  # no name: the signature would say keras_tensor_N
+    model = keras.Model(inputs, keras.layers.Dense(2, name="scores")(inputs), name="unnamed")
+    path = serving.export(model, tmp_path)
+    with pytest.raises(serving.VerificationError, match="keras_tensor.*not meaningful"):
+        serving.verify(path)
+
+
+def test_not_an_export_is_refused(tmp_path):
+    with pytest.raises(serving.VerificationError, match="not a kzoo SavedModel export"):
+        serving.verify(tmp_path)
+
+
+def _raw_saved_model(path, body):
+    """A hand-made SavedModel with kzoo's reference files, to test the scan."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.serve = tf.function(body, input_signature=[tf.TensorSpec((None, 3), tf.float32, name="values")])
+    tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
+    (path / "assets.extra").mkdir()
+    x = np.ones((2, 3), "float32")
+    np.savez(path / "assets.extra" / "kzoo_reference.npz",
+             **{"input/values": x, "output/doubled": 2 * x})
+
+
+def test_graph_scan_finds_python_ops_and_device_pins(tmp_path):
+    import tensorflow as tf
+
+    def with_py_function(values):
+        return {"doubled": tf.numpy_function(lambda v: 2 * v, [values], tf.float32)}
+
+    def pinned(values):
+        with tf.device("/device:CPU:0"):
+            return {"doubled": values * 2.0}
+
+    def clean(values):
+        return {"doubled": values * 2.0}
+
+    for name, body in (("py", with_py_function), ("pinned", pinned), ("clean", clean)):
+        _raw_saved_model(tmp_path / name, body)
+    from kzoo.serving import _verify_worker
+
+    assert any("PyFunc" in p for p in _verify_worker.graph_problems(tmp_path / "py"))
+    assert any("pinned to device" in p for p in _verify_worker.graph_problems(tmp_path / "pinned"))
+    assert _verify_worker.graph_problems(tmp_path / "clean") == []
+    with pytest.raises(serving.VerificationError, match="PyFunc|failed"):
+        serving.verify(tmp_path / "py")
+    with pytest.raises(serving.VerificationError, match="pinned to device"):
+        serving.verify(tmp_path / "pinned")
+    assert serving.verify(tmp_path / "clean").ok
+
+
+def test_serving_export_callback_exports_each_improvement(tmp_path):
+    x_val, y_val = digits.load("validation")
+    export_cb = callbacks.ServingExport(tmp_path, monitor="val_loss", verbose=0)
+    model, history = _trained_classifier(
+        epochs=4, validation_data=(x_val, y_val), callbacks=[export_cb]
+    )
+    losses = history.history["val_loss"]
+    improvements = sum(v < min(losses[:i], default=np.inf) for i, v in enumerate(losses))
+    assert len(export_cb.exported) == improvements >= 1
+    assert [p.name for p in export_cb.exported] == [str(i + 1) for i in range(improvements)]
+    assert export_cb.best == min(losses)  # the last version is the best model
+    assert serving.verify(export_cb.exported[-1]).ok
+
+
+def test_serving_export_callback_rejects_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="mode must be"):
+        callbacks.ServingExport(tmp_path, mode="lowest")
+    export_cb = callbacks.ServingExport(tmp_path, monitor="val_accuracy")
+    assert export_cb.mode == "max"
+    with pytest.raises(ValueError, match="'val_accuracy' is not in the epoch logs"):
+        _trained_classifier(callbacks=[export_cb])
+
+
+def test_models_config_lists_only_models_with_versions(tmp_path):
+    (tmp_path / "empty" / "serving").mkdir(parents=True)
+    (tmp_path / "a" / "serving" / "3").mkdir(parents=True)
+    text = serving.write_models_config(tmp_path).read_text()
+    assert 'name: "a"' in text and "empty" not in text
