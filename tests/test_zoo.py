@@ -12,6 +12,8 @@ from kzoo import training
 from kzoo.applications import presets
 from kzoo.applications import zoo
 
+pytestmark = pytest.mark.multibackend  # presets load, evaluate and train on every backend
+
 PRETRAINED = ["lnlstm_char_lm", "lnlstm_digits", "lstm_char_lm", "lstm_digits"]
 
 
