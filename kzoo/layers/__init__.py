@@ -10,3 +10,6 @@ from kzoo.layers.layer_norm_rnn import layer_norm
 from kzoo.layers.layer_norm_rnn import layer_norm_gru_step
 from kzoo.layers.layer_norm_rnn import layer_norm_lstm_step
 from kzoo.layers.layer_norm_rnn import layer_norm_simple_rnn_step
+from kzoo.layers.random_walk import AffinityLoss
+from kzoo.layers.random_walk import PixelAffinity
+from kzoo.layers.random_walk import RandomWalk
