@@ -61,6 +61,9 @@ def cmd_train(args):
            ["name", *(f"test {k}" for k in test), "sha256"])
 
 
+_HEADLINE_METRICS = ("bits_per_char", "mean_iou", "segmentation_logits_mean_iou", "accuracy")
+
+
 def _evaluate(names):
     from kzoo import training
     from kzoo.applications import presets
@@ -74,7 +77,7 @@ def _evaluate(names):
         recorded = metadata["metrics"]["test"]
         match = abs(results["loss"] - recorded["loss"]) <= 1e-3 * max(1.0, recorded["loss"])
         ok &= match
-        metric = "bits_per_char" if "bits_per_char" in results else "accuracy"
+        metric = next(k for k in _HEADLINE_METRICS if k in results)
         rows.append([name, metric, _fmt(results[metric]), _fmt(results["loss"]),
                      _fmt(recorded["loss"]), "yes" if match else "NO"])
     _table(rows, ["name", "metric", "test value", "test loss", "recorded loss", "matches"])

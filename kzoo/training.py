@@ -13,11 +13,14 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from keras import ops
 
 from kzoo.applications import presets
 from kzoo.applications import zoo
 from kzoo.datasets import digits
 from kzoo.datasets import stdlib_text
+from kzoo.datasets import texture_scenes
+from kzoo.layers import AffinityLoss
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,12 +31,15 @@ class Task:
         name: task name.
         dataset: dataset name recorded in the preset.
         load: `load(split) -> (x, y)` numpy arrays.
-        loss: Keras loss.
-        metrics: Keras metrics.
+        loss: Keras loss, or `loss(model)` returning the model's losses.
+        metrics: Keras metrics, or `metrics(model)` returning them.
         learning_rate: Adam learning rate.
         epochs: default number of epochs.
         batch_size: batch size.
         clipnorm: gradient-norm clipping for Adam (or `None`).
+        augment: train on randomly flipped and shifted images and masks.
+        fine_tune_learning_rate: Adam learning rate for models that start from
+            another preset (`init_from`); default `learning_rate`.
     """
 
     name: str
@@ -45,9 +51,23 @@ class Task:
     epochs: int
     batch_size: int
     clipnorm: float = None
+    augment: bool = False
+    fine_tune_learning_rate: float = None
 
-    def optimizer(self):
-        return keras.optimizers.Adam(self.learning_rate, clipnorm=self.clipnorm)
+    def optimizer(self, fine_tune=False):
+        rate = self.fine_tune_learning_rate if fine_tune else None
+        return keras.optimizers.Adam(rate or self.learning_rate, clipnorm=self.clipnorm)
+
+    def compile(self, model, optimizer=None):
+        loss = self.loss(model) if callable(self.loss) else self.loss
+        metrics = self.metrics(model) if callable(self.metrics) else list(self.metrics)
+        model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
+
+    def targets(self, model, y):
+        """`y` for each of the model's outputs (the label map feeds them all)."""
+        if len(model.outputs) == 1:
+            return y
+        return {name: y for name in model.output_names}
 
 
 def _load_chars(split):
@@ -55,6 +75,42 @@ def _load_chars(split):
     # two CPU cores; validation and test use their whole (disjoint) modules.
     max_chars = {"train": 1_200_000, "validation": 250_000}.get(split)
     return stdlib_text.load(split, sequence_length=64, max_chars=max_chars)
+
+
+def _segmentation_loss(model):
+    loss = {"segmentation_logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)}
+    if "affinities" in model.output_names:
+        loss["affinities"] = AffinityLoss(model.get_layer("affinities").radius)
+    return loss if len(model.outputs) > 1 else loss["segmentation_logits"]
+
+
+def _segmentation_metrics(model):
+    metrics = [
+        keras.metrics.MeanIoU(texture_scenes.NUM_CLASSES, sparse_y_pred=False, name="mean_iou"),
+        keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
+    ]
+    return {"segmentation_logits": metrics} if len(model.outputs) > 1 else metrics
+
+
+class _Augmented(keras.utils.PyDataset):
+    """Shuffled batches with flips and shifts applied to images and masks alike."""
+
+    def __init__(self, x, y, batch_size, seed, targets):
+        super().__init__()
+        self.x, self.y, self.batch_size, self.targets = x, y, batch_size, targets
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x))
+
+    def __len__(self):
+        return math.ceil(len(self.x) / self.batch_size)
+
+    def __getitem__(self, index):
+        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        x, y = texture_scenes.augment(self.x[idx], self.y[idx], self.rng)
+        return x, self.targets(y)
+
+    def on_epoch_end(self):
+        self.order = self.rng.permutation(len(self.x))
 
 
 TASKS = {
@@ -79,6 +135,19 @@ TASKS = {
         batch_size=64,
         clipnorm=1.0,
     ),
+    "texture_scenes": Task(
+        name="texture_scenes",
+        dataset=f"{texture_scenes.NAME} (TFDS builder composing scikit-image photos and "
+        "textures; 1000/150/150)",
+        load=texture_scenes.load,
+        loss=_segmentation_loss,
+        metrics=_segmentation_metrics,
+        learning_rate=2e-3,
+        epochs=30,
+        batch_size=16,
+        augment=True,
+        fine_tune_learning_rate=2e-4,
+    ),
 }
 
 
@@ -98,15 +167,24 @@ def evaluate(model, task_name, split="test", verbose="auto"):
     task = TASKS[task_name]
     x, y = task.load(split)
     if not model.compiled:
-        model.compile(loss=task.loss, metrics=list(task.metrics))
+        task.compile(model)
     results = model.evaluate(
-        x, y, batch_size=task.batch_size, verbose=verbose, return_dict=True
+        x, task.targets(model, y), batch_size=task.batch_size, verbose=verbose, return_dict=True
     )
     results = {k: float(v) for k, v in results.items()}
     if task_name == "stdlib_chars":
         results["bits_per_char"] = results["loss"] / math.log(2.0)
     results["examples"] = int(len(x))
     return results
+
+
+def _initialize_from(model, preset):
+    """Copies the weights of the preset's layers into same-named layers."""
+    source = presets.load_preset(preset)
+    names = {layer.name for layer in source.layers if layer.weights}
+    for layer in model.layers:
+        if layer.name in names:
+            layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
 def train(
@@ -142,16 +220,22 @@ def train(
         )
     epochs = epochs or task.epochs
     keras.utils.set_random_seed(seed)
-    model = zoo.get(name)
-    model.compile(optimizer=task.optimizer(), loss=task.loss, metrics=list(task.metrics))
+    model = zoo.get(name, training=True)
+    if item.init_from:
+        _initialize_from(model, item.init_from)
+    optimizer = task.optimizer(fine_tune=bool(item.init_from))
+    task.compile(model, optimizer)
     x, y = task.load("train")
     x_val, y_val = task.load("validation")
+    targets = lambda labels: task.targets(model, labels)  # noqa: E731
+    if task.augment:
+        data = {"x": _Augmented(x, y, task.batch_size, seed, targets)}
+    else:
+        data = {"x": x, "y": y, "batch_size": task.batch_size}
     history = model.fit(
-        x,
-        y,
-        validation_data=(x_val, y_val),
+        **data,
+        validation_data=(x_val, targets(y_val)),
         epochs=epochs,
-        batch_size=task.batch_size,
         callbacks=[
             keras.callbacks.EarlyStopping(
                 monitor="val_loss", patience=8, restore_best_weights=True
@@ -160,6 +244,10 @@ def train(
         ],
         verbose=verbose,
     )
+    if item.train_args:
+        # Same weights, the entry's inference setup (e.g. the converged walk).
+        trained, model = model, zoo.get(name)
+        model.set_weights(trained.get_weights())
     metadata = {
         "builder": item.builder.__name__,
         "builder_args": builder_args(name),
@@ -168,10 +256,14 @@ def train(
         "dataset": task.dataset,
         "training_command": f"KERAS_BACKEND={keras.backend.backend()} kzoo train "
         f"{name} --epochs {epochs} --seed {seed}",
+        "initialized_from": item.init_from,
         "training": {
             "epochs_run": len(history.history["loss"]),
             "batch_size": task.batch_size,
-            "optimizer": f"Adam(lr={task.learning_rate}, clipnorm={task.clipnorm})",
+            "optimizer": f"Adam(lr={float(ops.convert_to_numpy(optimizer.learning_rate)):g}, "
+            f"clipnorm={task.clipnorm})",
+            "builder_args_while_training": item.train_args or None,
+            "augmentation": "random flips and shifts" if task.augment else None,
             "train_examples": int(len(x)),
         },
         "metrics": {

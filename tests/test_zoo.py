@@ -14,7 +14,8 @@ from kzoo.applications import zoo
 
 pytestmark = pytest.mark.multibackend  # presets load, evaluate and train on every backend
 
-PRETRAINED = ["lnlstm_char_lm", "lnlstm_digits", "lstm_char_lm", "lstm_digits"]
+PRETRAINED = ["fcn_texture_scenes", "lnlstm_char_lm", "lnlstm_digits", "lstm_char_lm",
+              "lstm_digits", "rwn_texture_scenes"]
 
 
 @pytest.fixture

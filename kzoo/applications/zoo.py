@@ -15,6 +15,12 @@ class ZooEntry:
         builder_args: keyword arguments passed to the builder.
         task: name of the training/evaluation task in `kzoo.training`.
         description: one line for `kzoo list`.
+        train_args: builder arguments that differ when training (e.g. the
+            RWN trains with a one-step walk and infers with the converged
+            one); they must not change the weights.
+        init_from: a zoo preset whose weights initialize the layers of the
+            same name before training (the RWN starts from its FCN twin, as
+            the paper's starts from DeepLab).
     """
 
     name: str
@@ -22,16 +28,20 @@ class ZooEntry:
     builder_args: dict
     task: str
     description: str
+    train_args: dict = dataclasses.field(default_factory=dict)
+    init_from: str = None
 
 
 _REGISTRY = {}
 
 
-def register_model(name, builder, task, description, **builder_args):
+def register_model(name, builder, task, description, train_args=None, init_from=None,
+                   **builder_args):
     """Registers `builder(**builder_args)` under `name`."""
     if name in _REGISTRY:
         raise ValueError(f"Model {name!r} is already registered.")
-    _REGISTRY[name] = ZooEntry(name, builder, builder_args, task, description)
+    _REGISTRY[name] = ZooEntry(name, builder, builder_args, task, description,
+                               dict(train_args or {}), init_from)
 
 
 def list_models():
@@ -54,13 +64,14 @@ def entry(name):
     return _REGISTRY[name]
 
 
-def get(name, weights=None):
+def get(name, weights=None, training=False):
     """Builds a registered model, optionally with pretrained weights.
 
     Args:
         name: a name from `list_models()`.
         weights: `None` (random initialization), `"pretrained"` (the zoo's
             preset of the same name), a preset name, or a preset directory.
+        training: build with the entry's `train_args` (its training setup).
 
     Returns:
         A `keras.Model` named `name`.
@@ -72,7 +83,8 @@ def get(name, weights=None):
     item = entry(name)
     if weights == "pretrained":
         weights = name
-    return item.builder(name=name, weights=weights, **item.builder_args)
+    args = {**item.builder_args, **(item.train_args if training else {})}
+    return item.builder(name=name, weights=weights, **args)
 
 
 def has_pretrained(name):

@@ -2,3 +2,4 @@
 
 from kzoo.datasets import digits
 from kzoo.datasets import stdlib_text
+from kzoo.datasets import texture_scenes

@@ -121,11 +121,22 @@ def pixel_affinities(features, weights, radius):
     features = ops.convert_to_tensor(features)
     height, width = _spatial_size(features)
     padded = _pad(features, radius)
-    logits = [
-        ops.matmul(ops.abs(features - _shifted(padded, dy, dx, radius, height, width)), weights)
-        for dy, dx in neighbour_offsets(radius)
-    ]
-    affinities = ops.exp(ops.stack(logits, axis=-1))
+    offsets = [tuple(o) for o in neighbour_offsets(radius)]
+    # The distances are symmetric: the logit of pixel i to i - o is the logit
+    # of pixel i - o to i, so only the offsets after (0, 0) (half of them) are
+    # computed from the features; the others are shifted copies.
+    half = {}
+    for dy, dx in offsets[len(offsets) // 2:]:
+        distances = ops.abs(features - _shifted(padded, dy, dx, radius, height, width))
+        half[(dy, dx)] = ops.matmul(distances, weights)[..., None]
+    logits = []
+    for dy, dx in offsets:
+        if (dy, dx) in half:
+            logits.append(half[(dy, dx)])
+        else:
+            source = _pad(half[(-dy, -dx)], radius)
+            logits.append(_shifted(source, dy, dx, radius, height, width))
+    affinities = ops.exp(ops.concatenate(logits, axis=-1))
     return affinities * neighbour_mask(height, width, radius, affinities.dtype)
 
 

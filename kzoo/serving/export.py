@@ -67,12 +67,19 @@ def _to_numpy(value):
     return array.astype("float32") if "float" in str(array.dtype) else array
 
 
+def _named_outputs(model, outputs):
+    """The model's outputs by name, whether it returns a dict, a list or one tensor."""
+    if isinstance(outputs, dict):
+        return dict(outputs)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return dict(zip(model.output_names, outputs))
+
+
 def _run_model(model, inputs):
     names = [t.name.split(":")[0] for t in model.inputs]
     args = [inputs[n] for n in names]
     outputs = model(args[0] if len(args) == 1 else args, training=False)
-    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    return {n: _to_numpy(o) for n, o in zip(model.output_names, outputs)}
+    return {n: _to_numpy(o) for n, o in _named_outputs(model, outputs).items()}
 
 
 def _write_saved_model(model, path):
@@ -83,14 +90,11 @@ def _write_saved_model(model, path):
         tf.TensorSpec((None,) + shape[1:], dtype, name=name)
         for name, shape, dtype in _signature_specs(model)
     ]
-    output_names = list(model.output_names)
-
     def serve(*args):
         outputs = model(args[0] if len(args) == 1 else list(args), training=False)
-        outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
         return {
             name: tf.cast(out, tf.float32) if out.dtype in (tf.float16, tf.bfloat16) else out
-            for name, out in zip(output_names, outputs)
+            for name, out in _named_outputs(model, outputs).items()
         }
 
     archive = keras.export.ExportArchive()
