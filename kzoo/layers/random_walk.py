@@ -223,7 +223,13 @@ def _sparse_step_fn(potentials, transition, radius):
 
 
 def default_implementation():
-    """The fastest implementation on the current backend (BENCHMARKS.md)."""
+    """The fastest implementation on the current backend.
+
+    Measured on one CPU thread, 128x128, R = 5, 21 classes
+    (`benchmarks/random_walk_runtime.py`): the stencil beats the sparse matrix
+    on TensorFlow (7.0 vs 8.1 ms) and JAX (3.6 vs 57 ms); PyTorch has only the
+    stencil. So it is the stencil everywhere.
+    """
     return "stencil"
 
 
