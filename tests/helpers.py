@@ -13,7 +13,8 @@ def gradients(fn, *args):
         tensors = [tf.Variable(a) for a in args]
         with tf.GradientTape() as tape:
             value = fn(*tensors)
-        return [g.numpy() for g in tape.gradient(value, tensors)]
+        grads = tape.gradient(value, tensors, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return [g.numpy() for g in grads]
     if backend == "jax":
         import jax
 
@@ -21,8 +22,10 @@ def gradients(fn, *args):
     import torch
 
     tensors = [torch.tensor(a, requires_grad=True) for a in args]
-    fn(*tensors).backward()
-    return [t.grad.numpy() for t in tensors]
+    value = fn(*tensors)
+    if value.requires_grad:  # else nothing reaches the inputs
+        value.backward()
+    return [np.zeros_like(a) if t.grad is None else t.grad.numpy() for a, t in zip(args, tensors)]
 
 
 def np_layer_norm(x, gamma, beta, eps):

@@ -13,3 +13,5 @@ from kzoo.layers.layer_norm_rnn import layer_norm_simple_rnn_step
 from kzoo.layers.random_walk import AffinityLoss
 from kzoo.layers.random_walk import PixelAffinity
 from kzoo.layers.random_walk import RandomWalk
+from kzoo.layers.em_attention import EMAttention
+from kzoo.layers.em_attention import HighwayEM
