@@ -141,3 +141,44 @@ class EMLayersTest(testing.TestCase):
             em.HighwayEM(gamma=1.5)
         with self.assertRaisesRegex(ValueError, "em_bad.*height, width, channels"):
             em.EMAttention(name="em_bad")(np.zeros((2, 8, 3), "float32"))
+
+
+_DATA_PARALLEL = """
+import os
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["KERAS_BACKEND"] = "jax"
+import json, numpy as np, keras
+from kzoo.layers import HighwayEM
+
+def run(distributed):
+    keras.utils.set_random_seed(0)
+    if distributed:
+        devices = keras.distribution.list_devices("cpu")
+        keras.distribution.set_distribution(keras.distribution.DataParallel(devices=devices))
+    x = np.random.default_rng(1).normal(size=(16, 4, 4, 6)).astype("float32")
+    layer = HighwayEM(3, 2, gamma=0.5, momentum=0.5)
+    model = keras.Sequential([keras.Input((4, 4, 6)), layer])
+    model.compile("sgd", "mse")
+    model.fit(x, x, epochs=2, batch_size=8, shuffle=False, verbose=0)
+    keras.distribution.set_distribution(None)
+    return np.asarray(layer.bases)
+
+single, parallel = run(False), run(True)
+print(json.dumps({"devices": len(keras.distribution.list_devices("cpu")),
+                  "max_diff": float(np.abs(single - parallel).max())}))
+"""
+
+
+@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
+                    reason="backend-independent (its own JAX process); run once")
+def test_running_mean_is_the_global_batch_mean_under_data_parallel():
+    """On 2 JAX CPU replicas the stored bases match a single-device run."""
+    import json
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _DATA_PARALLEL], capture_output=True,
+                          text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["devices"] == 2
+    assert result["max_diff"] < 1e-5

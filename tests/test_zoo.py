@@ -14,8 +14,9 @@ from kzoo.applications import zoo
 
 pytestmark = pytest.mark.multibackend  # presets load, evaluate and train on every backend
 
-PRETRAINED = ["fcn_texture_scenes", "lnlstm_char_lm", "lnlstm_digits", "lstm_char_lm",
-              "lstm_digits", "rwn_texture_scenes"]
+PRETRAINED = ["emanet_texture_scenes", "fcn_texture_scenes", "hemnet_texture_scenes",
+              "lnlstm_char_lm", "lnlstm_digits", "lstm_char_lm", "lstm_digits",
+              "rwn_texture_scenes", "unrolled_em_texture_scenes"]
 
 
 @pytest.fixture

@@ -34,8 +34,12 @@ def _conv(x, filters, name, dilation_rate=1):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _backbone(image, width, num_classes):
-    """Returns (full-resolution early features, upsampled class logits)."""
+def _backbone(image, width, num_classes, context=None):
+    """Returns (full-resolution early features, upsampled class logits).
+
+    `context`, a layer, is applied to the 1/8-resolution features before the
+    classifier (where EMANet puts its EM attention module).
+    """
     conv1_1 = _conv(image, width, "conv1_1")
     conv1_2 = _conv(conv1_1, width, "conv1_2")
     x = keras.layers.MaxPooling2D(name="pool1")(conv1_2)
@@ -45,6 +49,8 @@ def _backbone(image, width, num_classes):
     x = keras.layers.MaxPooling2D(name="pool3")(x)  # output stride 8
     x = _conv(x, 4 * width, "conv4_1", dilation_rate=2)
     x = _conv(x, 4 * width, "fc6", dilation_rate=4)  # large field of view
+    if context is not None:
+        x = context(x)
     x = keras.layers.Conv2D(8 * width, 1, activation="relu", name="fc7")(x)
     x = keras.layers.Dropout(0.3, name="fc7_dropout")(x)
     x = keras.layers.Conv2D(num_classes, 1, name="fc8")(x)

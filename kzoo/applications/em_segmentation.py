@@ -1,0 +1,97 @@
+"""EM-attention segmenters: EMANet-style and HEMNet, on the zoo's FCN.
+
+Both put an EM attention module on the FCN's 1/8-resolution features (after
+fc6, before the classifier), as EMANet does on its backbone:
+
+- `EMANet`: `EMAttention`, gradients stopped through the EM iterations
+  (`stop_gradient=False` gives the unrolled-EM baseline);
+- `HEMNet`: `HighwayEM`, the generalized-EM highway M-step, gradients through
+  every iteration.
+
+Input `image` `(batch, H, W, 3)` in [0, 1]; output `segmentation_logits`.
+"""
+
+import keras
+
+from kzoo.applications import presets
+from kzoo.applications.segmentation import _backbone
+from kzoo.applications.zoo import register_model
+from kzoo.datasets import texture_scenes
+from kzoo.layers import EMAttention
+from kzoo.layers import HighwayEM
+
+
+def _segmenter(builder, module, args, weights, name):
+    image = keras.Input((args["image_size"], args["image_size"], 3), name="image")
+    _, logits = _backbone(image, args["width"], args["num_classes"], context=module)
+    outputs = keras.layers.Activation("linear", dtype="float32",
+                                      name="segmentation_logits")(logits)
+    model = keras.Model(image, outputs, name=name)
+    if weights is not None:
+        presets.load_weights(model, weights, builder=builder, builder_args=args)
+    return model
+
+
+def EMANet(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_SIZE,
+           width=16, num_bases=16, iterations=3, stop_gradient=True, weights=None,
+           name="emanet"):
+    """The FCN with EMANet's EM attention module on its 1/8-resolution features.
+
+    Args:
+        num_classes: number of classes.
+        image_size: input height and width.
+        width: channels of the FCN's first block.
+        num_bases: EM bases K.
+        iterations: EM iterations T.
+        stop_gradient: EMANet's stopped gradients through the iterations;
+            `False` is unrolled EM.
+        weights: `None`, a preset name or a preset directory.
+        name: model name.
+
+    Example:
+
+    >>> EMANet(num_bases=8).output_shape
+    (None, 64, 64, 5)
+    """
+    args = dict(num_classes=num_classes, image_size=image_size, width=width,
+                num_bases=num_bases, iterations=iterations, stop_gradient=stop_gradient)
+    module = EMAttention(num_bases, iterations, stop_gradient=stop_gradient, name="em_attention")
+    return _segmenter("EMANet", module, args, weights, name)
+
+
+def HEMNet(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_SIZE,
+           width=16, num_bases=16, iterations=3, gamma=0.5, learnable_gamma=True,
+           weights=None, name="hemnet"):
+    """The FCN with HighwayEM on its 1/8-resolution features (HEMNet).
+
+    Args:
+        num_classes: number of classes.
+        image_size: input height and width.
+        width: channels of the FCN's first block.
+        num_bases: EM bases K.
+        iterations: EM iterations T.
+        gamma: M-step size (initial value if learnable).
+        learnable_gamma: learn gamma.
+        weights: `None`, a preset name or a preset directory.
+        name: model name.
+
+    Example:
+
+    >>> HEMNet(num_bases=8, iterations=6).output_shape
+    (None, 64, 64, 5)
+    """
+    args = dict(num_classes=num_classes, image_size=image_size, width=width,
+                num_bases=num_bases, iterations=iterations, gamma=gamma,
+                learnable_gamma=learnable_gamma)
+    module = HighwayEM(num_bases, iterations, gamma=gamma, learnable_gamma=learnable_gamma,
+                       name="highway_em")
+    return _segmenter("HEMNet", module, args, weights, name)
+
+
+register_model("emanet_texture_scenes", EMANet, task="texture_scenes",
+               description="FCN + EMANet attention (K=16, T=3, stopped gradients)")
+register_model("hemnet_texture_scenes", HEMNet, task="texture_scenes",
+               description="FCN + HighwayEM (K=16, T=3, learnable gamma from 0.5)")
+register_model("unrolled_em_texture_scenes", EMANet, task="texture_scenes",
+               description="FCN + EM attention, gradients through the iterations (baseline)",
+               stop_gradient=False)
