@@ -72,7 +72,8 @@ def loss_gradients(model, x, y, sample_weight=None):
     import numpy as np
 
     trainable = model.trainable_variables
-    others = [v for v in model.variables if all(v is not t for t in trainable)]
+    trainable_ids = {id(v) for v in trainable}
+    others = [v for v in model.variables if id(v) not in trainable_ids]
 
     def loss_fn(values):
         mapping = list(zip(trainable, values)) + [(v, v.value) for v in others]

@@ -11,25 +11,11 @@ fc6, before the classifier), as EMANet does on its backbone:
 Input `image` `(batch, H, W, 3)` in [0, 1]; output `segmentation_logits`.
 """
 
-import keras
-
-from kzoo.applications import presets
-from kzoo.applications.segmentation import _backbone
+from kzoo.applications.segmentation import logits_segmenter
 from kzoo.applications.zoo import register_model
 from kzoo.datasets import texture_scenes
 from kzoo.layers import EMAttention
 from kzoo.layers import HighwayEM
-
-
-def _segmenter(builder, module, args, weights, name):
-    image = keras.Input((args["image_size"], args["image_size"], 3), name="image")
-    _, logits = _backbone(image, args["width"], args["num_classes"], context=module)
-    outputs = keras.layers.Activation("linear", dtype="float32",
-                                      name="segmentation_logits")(logits)
-    model = keras.Model(image, outputs, name=name)
-    if weights is not None:
-        presets.load_weights(model, weights, builder=builder, builder_args=args)
-    return model
 
 
 def EMANet(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_SIZE,
@@ -56,7 +42,7 @@ def EMANet(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMA
     args = dict(num_classes=num_classes, image_size=image_size, width=width,
                 num_bases=num_bases, iterations=iterations, stop_gradient=stop_gradient)
     module = EMAttention(num_bases, iterations, stop_gradient=stop_gradient, name="em_attention")
-    return _segmenter("EMANet", module, args, weights, name)
+    return logits_segmenter("EMANet", args, weights, name, context=module)
 
 
 def HEMNet(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_SIZE,
@@ -85,7 +71,7 @@ def HEMNet(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMA
                 learnable_gamma=learnable_gamma)
     module = HighwayEM(num_bases, iterations, gamma=gamma, learnable_gamma=learnable_gamma,
                        name="highway_em")
-    return _segmenter("HEMNet", module, args, weights, name)
+    return logits_segmenter("HEMNet", args, weights, name, context=module)
 
 
 register_model("emanet_texture_scenes", EMANet, task="texture_scenes",

@@ -66,6 +66,19 @@ def _finish(model, weights, builder, args, free_args=()):
     return model
 
 
+def logits_segmenter(builder, args, weights, name, context=None):
+    """The FCN with an optional `context` layer, output `segmentation_logits`.
+
+    `args` are the builder's arguments (with `num_classes`, `image_size` and
+    `width`); `weights` is loaded and checked against them.
+    """
+    image = keras.Input((args["image_size"], args["image_size"], 3), name="image")
+    _, logits = _backbone(image, args["width"], args["num_classes"], context=context)
+    outputs = keras.layers.Activation("linear", dtype="float32",
+                                      name="segmentation_logits")(logits)
+    return _finish(keras.Model(image, outputs, name=name), weights, builder, args)
+
+
 def FCN(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_SIZE,
         width=16, weights=None, name="fcn"):
     """DeepLab-style FCN (output stride 8, dilated convolutions).
@@ -86,13 +99,8 @@ def FCN(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_
     >>> model.output_shape
     (None, 64, 64, 5)
     """
-    image = keras.Input((image_size, image_size, 3), name="image")
-    _, logits = _backbone(image, width, num_classes)
-    outputs = keras.layers.Activation("linear", dtype="float32",
-                                      name="segmentation_logits")(logits)
-    model = keras.Model(image, outputs, name=name)
     args = dict(num_classes=num_classes, image_size=image_size, width=width)
-    return _finish(model, weights, "FCN", args)
+    return logits_segmenter("FCN", args, weights, name)
 
 
 def RWN(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_SIZE,
