@@ -8,7 +8,12 @@ express is here:
   `keras.ops.matmul`, which accepts them); PyTorch has no sparse support in
   Keras, so callers take a dense path there;
 - gradients of a model's compiled loss outside `fit` (`loss_gradients`),
-  with each backend's autodiff.
+  with each backend's autodiff;
+- the autodiff and compilation of meta-training (`value_and_stopped_gradient`,
+  `compiled_value_and_grad`, `compiled`): gradients through an unrolled
+  optimization, with the optimizee's gradients held constant, and
+  `optimizer_stepper`, a compiled step of any Keras optimizer on functional
+  parameters.
 """
 
 import keras
@@ -106,3 +111,152 @@ def loss_gradients(model, x, y, sample_weight=None):
     return float(keras.ops.convert_to_numpy(loss)), [
         np.asarray(keras.ops.convert_to_numpy(g)) for g in grads
     ]
+
+
+def value_and_stopped_gradient(fn, params):
+    """`fn(params)` and its gradient, the gradient cut from outer autodiff.
+
+    The value stays differentiable by an enclosing differentiation (through
+    `params`); the gradient is a constant to it (no second derivatives), as in
+    the learned optimizer's meta-training.
+
+    Args:
+        fn: maps a list of tensors to a scalar tensor.
+        params: the list of tensors.
+
+    Returns:
+        `(value, gradients)`.
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        with tf.GradientTape() as tape:
+            tape.watch(params)
+            value = fn(params)
+        grads = tape.gradient(value, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+        return value, [tf.stop_gradient(g) for g in grads]
+    if backend == "jax":
+        import jax
+
+        value, grads = jax.value_and_grad(fn)(params)
+        return value, [jax.lax.stop_gradient(g) for g in grads]
+    if backend == "torch":
+        import torch
+
+        params = [p if p.requires_grad else p.detach().requires_grad_(True) for p in params]
+        with torch.enable_grad():
+            value = fn(params)
+            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+        return value, [torch.zeros_like(p) if g is None else g.detach()
+                       for p, g in zip(params, grads)]
+    raise ValueError(f"value_and_stopped_gradient: unsupported backend {backend!r}.")
+
+
+def compiled_value_and_grad(fn):
+    """Compiled `(params, *args) -> ((value, aux), d value / d params)`.
+
+    Args:
+        fn: `fn(params, *args) -> (value, aux)` with `params` a list of
+            tensors, `value` a scalar and `aux` any structure of tensors.
+
+    Returns:
+        The function, `tf.function`-compiled on TensorFlow and `jax.jit`-ed on
+        JAX (PyTorch runs it eagerly).
+    """
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        def value_and_grad(params, *args):
+            with tf.GradientTape() as tape:
+                tape.watch(params)
+                value, aux = fn(params, *args)
+            grads = tape.gradient(value, params,
+                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            return (value, aux), grads
+
+        return tf.function(value_and_grad, reduce_retracing=True)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(jax.value_and_grad(fn, has_aux=True))
+    if backend == "torch":
+        import torch
+
+        def value_and_grad(params, *args):
+            params = [keras.ops.convert_to_tensor(p).detach().requires_grad_(True) for p in params]
+            with torch.enable_grad():
+                value, aux = fn(params, *args)
+                grads = torch.autograd.grad(value, params, allow_unused=True)
+            grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+            detach = lambda t: t.detach() if isinstance(t, torch.Tensor) else t  # noqa: E731
+            return (value.detach(), keras.tree.map_structure(detach, aux)), grads
+
+        return value_and_grad
+    raise ValueError(f"compiled_value_and_grad: unsupported backend {backend!r}.")
+
+
+def compiled(fn):
+    """`fn` compiled for the backend (`tf.function`, `jax.jit`; eager on torch)."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+    if backend == "jax":
+        import jax
+
+        return jax.jit(fn)
+    return fn
+
+
+def optimizer_stepper(optimizer, params, loss_fn):
+    """A compiled step `step(batch) -> losses` of a Keras optimizer.
+
+    Minimizes `sum(loss_fn(params, batch))` from the initial `params`; the
+    parameters and the optimizer's state are kept between calls. JAX uses
+    `stateless_apply` inside `jax.jit`; TensorFlow (whose optimizers do not
+    support `stateless_apply`) updates `keras.Variable`s in a `tf.function`;
+    PyTorch updates them eagerly.
+
+    Args:
+        optimizer: an unbuilt `keras.optimizers.Optimizer`.
+        params: the initial parameters (list of tensors).
+        loss_fn: `loss_fn(params, batch)` -> a vector of losses.
+
+    Returns:
+        `step(batch)`, returning the losses at the parameters before the step.
+    """
+    variables = [keras.Variable(p, trainable=True) for p in params]
+    optimizer.build(variables)
+
+    def objective(batch):
+        return lambda p: keras.ops.sum(loss_fn(p, batch))
+
+    if keras.backend.backend() == "jax":
+        import jax
+
+        def stateless(opt_values, values, batch):
+            losses = loss_fn(values, batch)
+            _, grads = value_and_stopped_gradient(objective(batch), values)
+            values, opt_values = optimizer.stateless_apply(opt_values, grads, values)
+            return losses, values, opt_values
+
+        jitted = jax.jit(stateless)
+        state = {"opt": [v.value for v in optimizer.variables], "params": list(params)}
+
+        def step(batch):
+            losses, state["params"], state["opt"] = jitted(state["opt"], state["params"], batch)
+            return losses
+
+        return step
+
+    def stateful(batch):
+        values = [v.value for v in variables]
+        losses = loss_fn(values, batch)
+        _, grads = value_and_stopped_gradient(objective(batch), values)
+        optimizer.apply(grads, variables)
+        return losses
+
+    return compiled(stateful)

@@ -1,7 +1,7 @@
 """The `kzoo` command: list, train, evaluate, export and verify zoo models.
 
     kzoo list
-    kzoo train NAME [--epochs N] [--seed S] [--zoo DIR] [--overwrite]
+    kzoo train NAME [--epochs N] [--seed S] [--zoo DIR] [--overwrite] [--log-dir DIR]
     kzoo evaluate NAME... | --all
     kzoo export NAME... | --all [--base-dir DIR] [--version V]
     kzoo verify PATH...
@@ -48,16 +48,28 @@ def cmd_list(args):
         item = zoo.entry(name)
         rows.append([name, item.builder.__name__, item.task,
                      "yes" if name in available else "no", item.description])
+    from kzoo.optimizers import meta
+
+    for name, item in sorted(meta.PRESETS.items()):
+        rows.append([name, "LSTMOptimizer", f"meta: {item.family}",
+                     "yes" if name in available else "no", item.description])
     _table(rows, ["name", "builder", "task", "pretrained", "description"])
 
 
 def cmd_train(args):
     from kzoo import training
+    from kzoo.optimizers import meta
 
-    _, metadata = training.train(args.name, zoo_dir=args.zoo, epochs=args.epochs,
-                                 overwrite=args.overwrite, seed=args.seed)
+    if args.name in meta.PRESETS:  # a learned optimizer: meta-train it
+        _, metadata = meta.train_preset(args.name, zoo_dir=args.zoo, epochs=args.epochs,
+                                        overwrite=args.overwrite, seed=args.seed,
+                                        log_dir=args.log_dir)
+    else:
+        _, metadata = training.train(args.name, zoo_dir=args.zoo, epochs=args.epochs,
+                                     overwrite=args.overwrite, seed=args.seed)
     test = metadata["metrics"]["test"]
-    _table([[args.name, *(_fmt(v) for v in test.values()), metadata["sha256"]["model.weights.h5"][:12]]],
+    _table([[args.name, *(_fmt(v) for v in test.values()),
+             next(iter(metadata["sha256"].values()))[:12]]],
            ["name", *(f"test {k}" for k in test), "sha256"])
 
 
@@ -84,11 +96,39 @@ def _evaluate(names):
     return ok
 
 
+def _evaluate_optimizers(names):
+    from kzoo.applications import presets
+    from kzoo.optimizers import learned
+    from kzoo.optimizers import meta
+
+    rows, ok = [], True
+    for name in names:
+        _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE)
+        recorded = metadata["metrics"]["test"]["final_loss"]
+        results = meta.evaluate_preset(name)
+        match = abs(results["final_loss"] - recorded) <= 1e-3 * max(1.0, recorded)
+        ok &= match
+        rows.append([name, meta.PRESETS[name].family, results["problems"],
+                     _fmt(results["final_loss"]), _fmt(recorded), "yes" if match else "NO"])
+    _table(rows, ["learned optimizer", "problems", "test problems", "final loss",
+                  "recorded", "matches"])
+    return ok
+
+
 def cmd_evaluate(args):
     from kzoo.applications import presets
     from kzoo.applications import zoo
 
-    if not _evaluate(_names(args, zoo, presets)):
+    from kzoo.optimizers import meta
+
+    names = _names(args, zoo, presets)
+    learned = [n for n in names if n in meta.PRESETS]
+    if args.all:
+        learned = [n for n in sorted(meta.PRESETS) if n in presets.available_presets()]
+    models = [n for n in names if n not in meta.PRESETS]
+    ok = _evaluate(models) if models else True
+    ok &= _evaluate_optimizers(learned) if learned else True
+    if not ok:
         raise SystemExit("evaluation differs from the metrics recorded in the zoo")
 
 
@@ -148,6 +188,12 @@ def cmd_demo(args):
         raise SystemExit("the zoo holds no pretrained model")
     print(f"Evaluating {len(names)} pretrained zoo models on held-out data", file=sys.stderr)
     evaluated = _evaluate(names)
+    from kzoo.optimizers import meta
+
+    learned = [n for n in sorted(meta.PRESETS) if n in presets.available_presets()]
+    print(f"\nEvaluating {len(learned)} learned optimizers on held-out problems",
+          file=sys.stderr)
+    evaluated &= _evaluate_optimizers(learned)
     paths = _export(names, args.base_dir)
     verified = _verify(paths)
     print(f"\nTF Serving config: {os.path.join(args.base_dir, 'models.config')}")
@@ -169,6 +215,7 @@ def build_parser():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--zoo", default="saved_models", help="zoo directory (default: saved_models)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing preset")
+    p.add_argument("--log-dir", help="TensorBoard directory (learned optimizers)")
     p.set_defaults(func=cmd_train)
 
     for command, func, help_text in (

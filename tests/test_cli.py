@@ -1,5 +1,6 @@
 """The `kzoo` command and the installed (non-editable) package."""
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -42,6 +43,27 @@ def test_errors_exit_with_a_message(tmp_path):
     (tmp_path / "lnlstm_digits" / "metadata.json").write_text("{}")
     with pytest.raises(SystemExit, match="already holds a preset"):
         cli.main(["train", "lnlstm_digits", "--zoo", str(tmp_path)])
+
+
+def test_train_and_evaluate_a_learned_optimizer(tmp_path, capsys, monkeypatch):
+    from kzoo.optimizers import LSTMOptimizer
+    from kzoo.optimizers import meta
+
+    quick = dataclasses.replace(meta.PRESETS["lstm_optimizer_quadratic"], episodes_per_epoch=3,
+                                trainer_args={**meta.PRESETS["lstm_optimizer_quadratic"]
+                                              .trainer_args, "validation_problems": 8})
+    monkeypatch.setitem(meta.PRESETS, "lstm_optimizer_quadratic", quick)
+    cli.main(["train", "lstm_optimizer_quadratic", "--epochs", "2", "--zoo", str(tmp_path),
+              "--log-dir", str(tmp_path / "tb")])
+    assert "test final_loss" in capsys.readouterr().out
+    preset = tmp_path / "lstm_optimizer_quadratic"
+    optimizer = LSTMOptimizer.from_preset(str(preset))
+    assert optimizer.preprocess is False and optimizer.output_scale == 1.0
+    monkeypatch.setenv("KZOO_ZOO", str(tmp_path))
+    cli.main(["evaluate", "lstm_optimizer_quadratic"])
+    assert "yes" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="already holds a preset"):
+        cli.main(["train", "lstm_optimizer_quadratic", "--zoo", str(tmp_path)])
 
 
 def test_non_editable_install_loads_the_zoo(tmp_path):

@@ -80,31 +80,35 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def read_metadata(preset):
+def read_metadata(preset, weights_file=WEIGHTS_FILE):
     """Reads and verifies a preset; returns `(directory, metadata)`.
+
+    `weights_file` is the file whose sha256 is checked: a model's
+    `model.weights.h5` or a learned optimizer's meta-parameters.
 
     Raises:
         PresetError: if a file is missing, the metadata is unreadable, or the
             weights' sha256 differs from the one recorded.
     """
     directory = resolve(preset)
-    missing = [f for f in PRESET_FILES if not (directory / f).is_file()]
+    missing = [f for f in (CONFIG_FILE, weights_file, METADATA_FILE)
+               if not (directory / f).is_file()]
     if missing:
         raise PresetError(
             f"Preset {str(directory)!r} is incomplete: missing {', '.join(missing)}."
         )
     try:
         metadata = json.loads((directory / METADATA_FILE).read_text())
-        expected = metadata["sha256"][WEIGHTS_FILE]
+        expected = metadata["sha256"][weights_file]
     except (ValueError, KeyError, TypeError) as e:
         raise PresetError(
             f"Preset {str(directory)!r}: {METADATA_FILE} is unreadable or has no "
-            f"sha256 for {WEIGHTS_FILE} ({e})."
+            f"sha256 for {weights_file} ({e})."
         ) from e
-    actual = sha256(directory / WEIGHTS_FILE)
+    actual = sha256(directory / weights_file)
     if actual != expected:
         raise PresetError(
-            f"Preset {str(directory)!r}: checksum mismatch for {WEIGHTS_FILE} "
+            f"Preset {str(directory)!r}: checksum mismatch for {weights_file} "
             f"(expected sha256 {expected}, found {actual}). The file is corrupt "
             "or was replaced; refusing to load it."
         )
@@ -167,19 +171,20 @@ def load_preset(preset):
     return model
 
 
-def save_preset(model, directory, metadata, overwrite=False):
-    """Writes `model` as a preset directory.
+def write_preset(directory, write_files, metadata, overwrite=False):
+    """Writes a preset directory safely.
 
-    Each file is written to a temporary directory and moved into place, the
-    metadata last, so an interrupted save leaves a preset that fails its
-    checksum rather than one that loads stale weights. Other content of the
-    directory (e.g. `serving/` exports) is kept.
+    `write_files(tmp)` writes the config and the weights into the temporary
+    directory `tmp` and returns the weights' file name. Each file is then moved
+    into place, the metadata (with the weights' sha256) last, so an
+    interrupted save leaves a preset that fails its checksum rather than one
+    that loads stale weights. Other content of the directory (e.g. `serving/`
+    exports) is kept.
 
     Args:
-        model: the Keras model.
         directory: target directory.
-        metadata: dict merged into the recorded metadata (builder,
-            builder_args, training command, dataset, metrics, ...).
+        write_files: the function writing the files.
+        metadata: dict merged into the recorded metadata.
         overwrite: replace an existing preset; otherwise an existing
             directory raises `FileExistsError`.
 
@@ -195,20 +200,11 @@ def save_preset(model, directory, metadata, overwrite=False):
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
-        # A preset is for inference and fine-tuning: the architecture and
-        # weights only, without the training run's compile state or
-        # optimizer variables.
-        config = keras.saving.serialize_keras_object(model)
-        config.pop("compile_config", None)
-        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        bare = keras.saving.deserialize_keras_object(config, safe_mode=False)
-        bare.set_weights(model.get_weights())
-        bare.save_weights(tmp / WEIGHTS_FILE)
+        weights_file = write_files(tmp)
         record = {
             "name": directory.name,
             **metadata,
-            "sha256": {WEIGHTS_FILE: sha256(tmp / WEIGHTS_FILE)},
-            "parameter_count": int(model.count_params()),
+            "sha256": {weights_file: sha256(tmp / weights_file)},
             "keras_version": keras.__version__,
             "backend": keras.backend.backend(),
             "python_version": platform.python_version(),
@@ -218,9 +214,40 @@ def save_preset(model, directory, metadata, overwrite=False):
         }
         (tmp / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
         directory.mkdir(exist_ok=True)
-        for name in (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE):
+        for name in (CONFIG_FILE, weights_file, METADATA_FILE):
             os.replace(tmp / name, directory / name)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
     return record
+
+
+def save_preset(model, directory, metadata, overwrite=False):
+    """Writes `model` as a preset directory (see `write_preset`).
+
+    Args:
+        model: the Keras model.
+        directory: target directory.
+        metadata: dict merged into the recorded metadata (builder,
+            builder_args, training command, dataset, metrics, ...).
+        overwrite: replace an existing preset; otherwise an existing
+            directory raises `FileExistsError`.
+
+    Returns:
+        The metadata written.
+    """
+
+    def write(tmp):
+        # A preset is for inference and fine-tuning: the architecture and
+        # weights only, without the training run's compile state or
+        # optimizer variables.
+        config = keras.saving.serialize_keras_object(model)
+        config.pop("compile_config", None)
+        (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+        bare = keras.saving.deserialize_keras_object(config, safe_mode=False)
+        bare.set_weights(model.get_weights())
+        bare.save_weights(tmp / WEIGHTS_FILE)
+        return WEIGHTS_FILE
+
+    metadata = {**metadata, "parameter_count": int(model.count_params())}
+    return write_preset(directory, write, metadata, overwrite=overwrite)

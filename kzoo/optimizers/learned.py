@@ -1,0 +1,353 @@
+"""A learned optimizer: the coordinatewise LSTM of Andrychowicz et al. (2016).
+
+"Learning to learn by gradient descent by gradient descent" (equations:
+`shared/REFERENCE.md` section S3). Each coordinate `i` of the optimizee's
+parameters is updated by the same small recurrent network `m` with shared
+meta-parameters `phi` and its own state:
+
+    [g_t, h_{t+1}] = m(grad_t, h_t; phi)        theta_{t+1} = theta_t + g_t
+
+`m` is a stack of LSTMs (two layers of 20 units in the paper) followed by a
+linear map to one output, times an output scale. The gradient is optionally
+preprocessed (the paper's appendix A, `p = 10`):
+
+    grad -> (log|grad| / p, sign grad)   if |grad| >= exp(-p)
+            (-1, exp(p) grad)            otherwise
+
+This module holds the whole optimizer:
+
+- `meta_parameter_shapes`, `initial_meta_parameters`, `preprocess_gradients`
+  and the pure `step(phi, gradient, state)`, written with `keras.ops`; the
+  meta-trainer (`kzoo.optimizers.meta`) differentiates this same function, so
+  the optimizer that is meta-trained is exactly the one `fit` runs;
+- `LSTMOptimizer`, a `keras.optimizers.Optimizer` whose `update_step` calls
+  `step`; `phi` comes from the zoo and is never changed by `fit`.
+"""
+
+import json
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from kzoo.applications import presets
+
+PHI_FILE = "optimizer.weights.npz"
+
+
+def meta_parameter_shapes(units=20, num_layers=2, preprocess=True):
+    """Names and shapes of the meta-parameters `phi`, in `step`'s order.
+
+    Args:
+        units: LSTM units per layer.
+        num_layers: number of stacked LSTM layers.
+        preprocess: whether gradients are preprocessed (2 inputs) or raw (1).
+
+    Returns:
+        A list of `(name, shape)`: per layer `kernel`, `recurrent_kernel`,
+        `bias` (gates in Keras' order i, f, c, o), then the output `kernel`
+        `(units, 1)` and `bias` `(1,)`.
+
+    Example:
+
+    >>> [s for _, s in meta_parameter_shapes(units=4, num_layers=1)]
+    [(2, 16), (4, 16), (16,), (4, 1), (1,)]
+    """
+    shapes = []
+    inputs = 2 if preprocess else 1
+    for layer in range(num_layers):
+        shapes += [
+            (f"lstm_{layer}/kernel", (inputs, 4 * units)),
+            (f"lstm_{layer}/recurrent_kernel", (units, 4 * units)),
+            (f"lstm_{layer}/bias", (4 * units,)),
+        ]
+        inputs = units
+    return shapes + [("output/kernel", (units, 1)), ("output/bias", (1,))]
+
+
+def initial_meta_parameters(units=20, num_layers=2, preprocess=True, seed=0):
+    """A random `phi` to start meta-training from (numpy float32 arrays).
+
+    Kernels are Glorot-uniform, recurrent kernels orthogonal, forget-gate
+    biases 1, and the output layer small (std 0.01) so the first updates are
+    small.
+    """
+    rng = np.random.default_rng(seed)
+    phi = []
+    for name, shape in meta_parameter_shapes(units, num_layers, preprocess):
+        if name == "output/kernel":
+            value = 0.01 * rng.standard_normal(shape)
+        elif name.endswith("/recurrent_kernel"):
+            q, r = np.linalg.qr(rng.standard_normal((shape[1], shape[0])))
+            value = (q * np.sign(np.diag(r))).T
+        elif name.endswith("/kernel"):
+            limit = math.sqrt(6.0 / sum(shape))
+            value = rng.uniform(-limit, limit, shape)
+        else:
+            value = np.zeros(shape)
+            if name.startswith("lstm_"):
+                value[units:2 * units] = 1.0
+        phi.append(value.astype("float32"))
+    return phi
+
+
+def preprocess_gradients(gradient, exponent=10.0):
+    """The paper's gradient preprocessing, `(..., ) -> (..., 2)`.
+
+    Magnitude and sign are separated for `|g| >= exp(-p)`:
+    `(log|g| / p, sign g)`; smaller gradients map to `(-1, exp(p) g)`.
+
+    Args:
+        gradient: a float tensor.
+        exponent: `p`.
+
+    Returns:
+        The preprocessed tensor with a last axis of 2.
+    """
+    magnitude = ops.abs(gradient)
+    large = magnitude >= math.exp(-exponent)
+    log_part = ops.log(ops.maximum(magnitude, math.exp(-exponent))) / exponent
+    first = ops.where(large, log_part, -ops.ones_like(gradient))
+    second = ops.where(large, ops.sign(gradient), math.exp(exponent) * gradient)
+    return ops.stack([first, second], axis=-1)
+
+
+def initial_state(shape, units=20, num_layers=2, dtype="float32"):
+    """Zero state for coordinates of `shape`: `[h_0, c_0, h_1, c_1, ...]`."""
+    return [ops.zeros((*shape, units), dtype) for _ in range(2 * num_layers)]
+
+
+def step(phi, gradient, state, output_scale=1.0, preprocess=True, exponent=10.0):
+    """One step of the learned optimizer, coordinatewise.
+
+    Args:
+        phi: the meta-parameters, a list ordered as in `meta_parameter_shapes`.
+        gradient: the optimizee's gradient, any shape `S`.
+        state: `[h_0, c_0, h_1, c_1, ...]`, each of shape `(*S, units)`.
+        output_scale: the factor on the network's output.
+        preprocess: apply `preprocess_gradients` (otherwise the raw gradient
+            is the single input).
+        exponent: `p` of the preprocessing.
+
+    Returns:
+        `(update, state)`: the update `g_t` of shape `S` (to be added to the
+        parameters) and the new state.
+
+    Example:
+
+    >>> phi = initial_meta_parameters(units=4, num_layers=1)
+    >>> g = ops.ones((3, 2))
+    >>> update, state = step(phi, g, initial_state((3, 2), units=4, num_layers=1))
+    >>> tuple(update.shape), tuple(state[0].shape)
+    ((3, 2), (3, 2, 4))
+    """
+    shape = ops.shape(gradient)
+    x = ops.reshape(gradient, (-1,))
+    x = preprocess_gradients(x, exponent) if preprocess else x[:, None]
+    new_state = []
+    for layer in range(len(state) // 2):
+        kernel, recurrent, bias = phi[3 * layer:3 * layer + 3]
+        h, c = state[2 * layer], state[2 * layer + 1]
+        units = ops.shape(h)[-1]
+        h = ops.reshape(h, (-1, units))
+        c = ops.reshape(c, (-1, units))
+        z = ops.matmul(x, kernel) + ops.matmul(h, recurrent) + bias
+        i, f, candidate, o = ops.split(z, 4, axis=-1)
+        c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(candidate)
+        h = ops.sigmoid(o) * ops.tanh(c)
+        new_state += [ops.reshape(h, (*shape, units)), ops.reshape(c, (*shape, units))]
+        x = h
+    out_kernel, out_bias = phi[-2:]
+    update = output_scale * (ops.matmul(x, out_kernel) + out_bias)
+    return ops.reshape(update, shape), new_state
+
+
+def check_meta_parameters(phi, units, num_layers, preprocess, source="phi"):
+    """Raises `ValueError` unless `phi`'s shapes fit the architecture."""
+    expected = meta_parameter_shapes(units, num_layers, preprocess)
+    if len(phi) != len(expected):
+        raise ValueError(
+            f"LSTMOptimizer: {source} has {len(phi)} arrays; units={units}, "
+            f"num_layers={num_layers}, preprocess={preprocess} needs {len(expected)} "
+            f"({', '.join(n for n, _ in expected)})."
+        )
+    for value, (name, shape) in zip(phi, expected):
+        if tuple(np.shape(value)) != shape:
+            raise ValueError(
+                f"LSTMOptimizer: meta-parameter {name!r} of {source} has shape "
+                f"{tuple(np.shape(value))}, but units={units}, num_layers={num_layers}, "
+                f"preprocess={preprocess} needs {shape}."
+            )
+
+
+def save_meta_parameters(directory, phi, architecture, metadata, overwrite=False):
+    """Writes a learned optimizer to the zoo as a preset directory.
+
+    The preset holds `config.json` (the architecture: `units`, `num_layers`,
+    `preprocess`, `exponent`, `output_scale`), `optimizer.weights.npz` (phi)
+    and `metadata.json` (its sha256, the meta-training command and metrics).
+    """
+    check_meta_parameters(phi, architecture["units"], architecture["num_layers"],
+                          architecture["preprocess"])
+    names = [n for n, _ in meta_parameter_shapes(architecture["units"],
+                                                 architecture["num_layers"],
+                                                 architecture["preprocess"])]
+
+    def write(tmp):
+        (tmp / presets.CONFIG_FILE).write_text(json.dumps(architecture, indent=2))
+        np.savez(tmp / PHI_FILE, **{n: np.asarray(v, "float32") for n, v in zip(names, phi)})
+        return PHI_FILE
+
+    return presets.write_preset(directory, write, {"kind": "optimizer", **metadata},
+                                overwrite=overwrite)
+
+
+def load_meta_parameters(preset):
+    """Reads a verified learned-optimizer preset: `(phi, architecture)`."""
+    directory, metadata = presets.read_metadata(preset, weights_file=PHI_FILE)
+    if metadata.get("kind") != "optimizer":
+        raise presets.PresetError(
+            f"Preset {str(directory)!r} is not a learned optimizer "
+            f"(kind {metadata.get('kind', 'model')!r})."
+        )
+    architecture = json.loads((directory / presets.CONFIG_FILE).read_text())
+    with np.load(directory / PHI_FILE, allow_pickle=False) as arrays:
+        names = [n for n, _ in meta_parameter_shapes(architecture["units"],
+                                                     architecture["num_layers"],
+                                                     architecture["preprocess"])]
+        missing = [n for n in names if n not in arrays.files]
+        if missing:
+            raise presets.PresetError(
+                f"Preset {str(directory)!r} lacks meta-parameters {', '.join(missing)}."
+            )
+        phi = [arrays[n] for n in names]
+    check_meta_parameters(phi, architecture["units"], architecture["num_layers"],
+                          architecture["preprocess"], source=f"preset {str(directory)!r}")
+    return phi, architecture
+
+
+@keras.saving.register_keras_serializable(package="kzoo")
+class LSTMOptimizer(keras.optimizers.Optimizer):
+    """The coordinatewise LSTM optimizer (Andrychowicz et al., 2016).
+
+    Each parameter coordinate is updated by `learning_rate * m(grad, h; phi)`
+    with the shared, learned network `m` (see `step`) and a per-coordinate
+    LSTM state. The state variables (`2 * num_layers` per model variable, of
+    shape `(*variable.shape, units)`) and `phi` are optimizer variables: they
+    are checkpointed and saved with the model like Adam's moments. `phi` is
+    never changed by `fit`; it is meta-trained by `kzoo.optimizers.meta`.
+
+    A step whose gradient for a variable has a non-finite entry leaves that
+    variable and its state unchanged and adds one to `skipped_updates`.
+
+    Args:
+        weights: where `phi` comes from: a zoo preset name or directory, or a
+            list of arrays ordered as in `meta_parameter_shapes`; `None` for a
+            random (untrained) `phi` drawn with `seed`.
+        units: LSTM units per layer (must match `weights`).
+        num_layers: number of LSTM layers (must match `weights`).
+        preprocess: preprocess the gradients (must match `weights`).
+        exponent: `p` of the gradient preprocessing.
+        output_scale: factor on the network's output.
+        learning_rate: an extra factor on the learned update (1 reproduces the
+            meta-trained optimizer); a float or a schedule.
+        seed: seed of the random `phi` when `weights` is `None`.
+        **kwargs: other `keras.optimizers.Optimizer` arguments (`clipnorm`,
+            `name`, ...).
+
+    When `weights` names a preset, the architecture arguments default to the
+    preset's. Use `from_preset` for the common case.
+
+    Example:
+
+    >>> optimizer = LSTMOptimizer.from_preset("lstm_optimizer_digits_mlp")  # doctest: +SKIP
+    >>> model.compile(optimizer=optimizer, loss="sparse_categorical_crossentropy")  # doctest: +SKIP
+    """
+
+    def __init__(self, weights=None, units=20, num_layers=2, preprocess=True,
+                 exponent=10.0, output_scale=1.0, learning_rate=1.0, seed=0,
+                 name="lstm_optimizer", **kwargs):
+        super().__init__(learning_rate=learning_rate, name=name, **kwargs)
+        self.units, self.num_layers = int(units), int(num_layers)
+        self.preprocess, self.exponent = bool(preprocess), float(exponent)
+        self.output_scale, self.seed = float(output_scale), seed
+        self.weights_source = weights if isinstance(weights, str) else None
+        if weights is None:
+            phi = initial_meta_parameters(self.units, self.num_layers, self.preprocess, seed)
+        elif isinstance(weights, str):
+            phi, _ = load_meta_parameters(weights)
+        else:
+            phi = [np.asarray(v, "float32") for v in weights]
+        check_meta_parameters(phi, self.units, self.num_layers, self.preprocess,
+                              source=repr(weights) if isinstance(weights, str) else "weights")
+        self._initial_phi = phi
+
+    @classmethod
+    def from_preset(cls, preset, **kwargs):
+        """An `LSTMOptimizer` with `phi` and architecture from a zoo preset.
+
+        Args:
+            preset: a preset name (see `kzoo.optimizers.list_presets()`) or
+                directory.
+            **kwargs: other constructor arguments (`learning_rate`, ...).
+        """
+        _, architecture = load_meta_parameters(preset)
+        return cls(weights=str(preset), **{**architecture, **kwargs})
+
+    def build(self, var_list):
+        if self.built:
+            return
+        super().build(var_list)
+        shapes = meta_parameter_shapes(self.units, self.num_layers, self.preprocess)
+        self.meta_parameters = [
+            self.add_variable(shape, initializer=_constant(value), dtype="float32",
+                              name=f"phi_{n.replace('/', '_')}")
+            for (n, shape), value in zip(shapes, self._initial_phi)
+        ]
+        self.skipped_updates = self.add_variable((), dtype="float32", name="skipped_updates")
+        self._states = []
+        for variable in var_list:
+            prefix = getattr(variable, "path", variable.name).replace("/", "_")
+            self._states.append([
+                self.add_variable((*variable.shape, self.units), dtype="float32",
+                                  name=f"{prefix}_lstm{k // 2}_{'hc'[k % 2]}")
+                for k in range(2 * self.num_layers)
+            ])
+
+    def update_step(self, gradient, variable, learning_rate):
+        state_vars = self._states[self._get_variable_index(variable)]
+        gradient = ops.cast(gradient, "float32")
+        finite = ops.all(ops.isfinite(gradient))
+        gradient = ops.where(ops.isfinite(gradient), gradient, ops.zeros_like(gradient))
+        old_state = [ops.convert_to_tensor(s) for s in state_vars]
+        update, state = step(
+            [ops.convert_to_tensor(p) for p in self.meta_parameters], gradient, old_state,
+            output_scale=self.output_scale, preprocess=self.preprocess,
+            exponent=self.exponent,
+        )
+        for var, new, old in zip(state_vars, state, old_state):
+            self.assign(var, ops.where(finite, new, old))
+        update = ops.where(finite, ops.cast(learning_rate, "float32") * update, 0.0)
+        self.assign_add(variable, ops.cast(update, variable.dtype))
+        self.assign_add(self.skipped_updates, 1.0 - ops.cast(finite, "float32"))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "weights": self.weights_source,
+            "units": self.units,
+            "num_layers": self.num_layers,
+            "preprocess": self.preprocess,
+            "exponent": self.exponent,
+            "output_scale": self.output_scale,
+            "seed": self.seed,
+        })
+        return config
+
+
+def _constant(value):
+    def initializer(shape, dtype=None):
+        return ops.convert_to_tensor(np.reshape(value, shape), dtype=dtype)
+
+    return initializer

@@ -1,0 +1,210 @@
+"""Tests of the learned optimizer (S3): the step, LSTMOptimizer, meta-training."""
+
+import json
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+from kzoo.applications import presets
+from kzoo.optimizers import LSTMOptimizer
+from kzoo.optimizers import learned
+from kzoo.optimizers import meta
+from kzoo.optimizers import problems
+from tests.helpers import _sigmoid
+
+pytestmark = pytest.mark.multibackend
+PRESET = "lstm_optimizer_digits_mlp"
+
+
+def np_preprocess(g, p=10.0):
+    out = np.empty(g.shape + (2,))
+    for idx, v in np.ndenumerate(g):
+        out[idx] = (np.log(abs(v)) / p, np.sign(v)) if abs(v) >= np.exp(-p) else (-1.0, np.exp(p) * v)
+    return out
+
+
+def np_step(phi, g, state, scale, preprocess):
+    """An independent numpy LSTM optimizer step, one coordinate at a time."""
+    layers = len(state) // 2
+    update = np.empty(g.shape)
+    new_state = [np.empty_like(s) for s in state]
+    for idx, v in np.ndenumerate(g):
+        x = np_preprocess(np.array(v))[()] if preprocess else np.array([v])
+        for layer in range(layers):
+            kernel, recurrent, bias = phi[3 * layer:3 * layer + 3]
+            h, c = state[2 * layer][idx], state[2 * layer + 1][idx]
+            i, f, cand, o = np.split(x @ kernel + h @ recurrent + bias, 4)
+            c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(cand)
+            h = _sigmoid(o) * np.tanh(c)
+            new_state[2 * layer][idx], new_state[2 * layer + 1][idx] = h, c
+            x = h
+        update[idx] = scale * (x @ phi[-2] + phi[-1])[0]
+    return update, new_state
+
+
+def test_preprocessing_matches_the_paper():
+    g = np.array([3.0, -2e-3, 1e-5, -1e-6, 0.0, np.exp(-10.0)], "float32")
+    np.testing.assert_allclose(ops.convert_to_numpy(learned.preprocess_gradients(g)),
+                               np_preprocess(g.astype("float64")), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("preprocess", [True, False])
+def test_step_matches_numpy_reference(preprocess):
+    rng = np.random.default_rng(0)
+    phi = learned.initial_meta_parameters(units=5, num_layers=2, preprocess=preprocess, seed=3)
+    phi = [p + 0.3 * rng.standard_normal(p.shape).astype("float32") for p in phi]
+    g = (rng.standard_normal((3, 4)) * np.logspace(-6, 1, 12).reshape(3, 4)).astype("float32")
+    state = [rng.standard_normal((3, 4, 5)).astype("float32") * 0.5 for _ in range(4)]
+    update, new_state = learned.step(phi, g, state, output_scale=0.1, preprocess=preprocess)
+    ref_update, ref_state = np_step([p.astype("float64") for p in phi], g.astype("float64"),
+                                    [s.astype("float64") for s in state], 0.1, preprocess)
+    np.testing.assert_allclose(ops.convert_to_numpy(update), ref_update, rtol=1e-4, atol=1e-6)
+    for a, b in zip(new_state, ref_state):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), b, rtol=1e-4, atol=1e-6)
+
+
+def _digits_model():
+    keras.utils.set_random_seed(0)
+    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(20, activation="sigmoid"),
+                             keras.layers.Dense(10)])
+
+
+def _digits():
+    x, y = problems._digits_train()
+    return x[:512], y[:512]
+
+
+def test_fit_with_the_pretrained_optimizer_from_the_zoo(tmp_path):
+    model = _digits_model()
+    optimizer = LSTMOptimizer.from_preset(PRESET)
+    model.compile(optimizer=optimizer,
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _digits()
+    before = model.evaluate(x, y, verbose=0)
+    model.fit(x, y, batch_size=128, epochs=8, verbose=0)
+    after = model.evaluate(x, y, verbose=0)
+    assert after < 0.6 * before
+    phi, _ = learned.load_meta_parameters(PRESET)
+    for variable, value in zip(optimizer.meta_parameters, phi):  # fit never changes phi
+        np.testing.assert_array_equal(ops.convert_to_numpy(variable), value)
+    assert float(ops.convert_to_numpy(optimizer.skipped_updates)) == 0.0
+
+    # The state travels with the model: a reloaded model continues identically.
+    path = tmp_path / "m.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert isinstance(loaded.optimizer, LSTMOptimizer)
+    for a, b in zip(optimizer.variables, loaded.optimizer.variables):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    model.fit(x, y, batch_size=128, epochs=1, shuffle=False, verbose=0)
+    loaded.fit(x, y, batch_size=128, epochs=1, shuffle=False, verbose=0)
+    for a, b in zip(model.get_weights(), loaded.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_keras_optimizer_runs_exactly_the_meta_trained_step():
+    phi, architecture = learned.load_meta_parameters(PRESET)
+    problem = problems.DigitsMLP()
+    trainer = meta.MetaTrainer(problem, **{k: architecture[k] for k in
+                                           ("preprocess", "output_scale", "exponent")})
+    by_meta = trainer.run(phi, seed=7, num_problems=2, horizon=20)
+    by_keras = meta.optimize(LSTMOptimizer.from_preset(PRESET), problem, seed=7,
+                             num_problems=2, horizon=20)
+    np.testing.assert_allclose(by_keras, by_meta, rtol=1e-4, atol=1e-5)
+    assert by_keras[-1].mean() < 0.7 * by_keras[0].mean()
+
+
+def test_non_finite_gradients_skip_the_update_and_are_counted():
+    a, b = keras.Variable(np.ones((2, 3), "float32")), keras.Variable(np.ones(4, "float32"))
+    optimizer = LSTMOptimizer(output_scale=0.1)
+    optimizer.build([a, b])
+    bad = np.ones((2, 3), "float32")
+    bad[1, 2] = np.nan
+    optimizer.apply([bad, np.ones(4, "float32")], [a, b])
+    np.testing.assert_array_equal(ops.convert_to_numpy(a), np.ones((2, 3)))
+    assert not np.allclose(ops.convert_to_numpy(b), 1.0)
+    assert np.isfinite(ops.convert_to_numpy(b)).all()
+    state_a = optimizer._states[0]
+    assert all(np.all(ops.convert_to_numpy(s) == 0) for s in state_a)
+    assert float(ops.convert_to_numpy(optimizer.skipped_updates)) == 1.0
+    optimizer.apply([np.full((2, 3), np.inf, "float32"), np.ones(4, "float32")], [a, b])
+    assert float(ops.convert_to_numpy(optimizer.skipped_updates)) == 2.0
+
+
+def test_config_round_trip_and_state_shapes():
+    optimizer = LSTMOptimizer.from_preset(PRESET, learning_rate=0.5)
+    config = optimizer.get_config()
+    assert config["weights"] == PRESET and config["output_scale"] == 0.1
+    clone = LSTMOptimizer.from_config(json.loads(json.dumps(config)))
+    assert clone.get_config() == config
+    v = keras.Variable(np.zeros((5, 7), "float32"))
+    clone.build([v])
+    assert [tuple(s.shape) for s in clone._states[0]] == [(5, 7, 20)] * 4
+    for p, q in zip(clone._initial_phi, optimizer._initial_phi):
+        np.testing.assert_array_equal(p, q)
+
+
+def test_meta_parameters_that_do_not_fit_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="lstm_0/kernel.*needs"):
+        LSTMOptimizer(weights=PRESET, preprocess=False)
+    with pytest.raises(ValueError, match="units=8"):
+        LSTMOptimizer(weights=learned.initial_meta_parameters(units=20), units=8)
+    copy = tmp_path / PRESET
+    shutil.copytree(presets.resolve(PRESET), copy)
+    with open(copy / learned.PHI_FILE, "ab") as f:
+        f.write(b"tampered")
+    with pytest.raises(presets.PresetError, match="checksum"):
+        LSTMOptimizer.from_preset(str(copy))
+    with pytest.raises(presets.PresetError, match="not a learned optimizer"):
+        learned.load_meta_parameters("lnlstm_digits")
+
+
+class _Linear:
+    """f(theta) = c . theta: its gradient does not depend on theta, so the
+    stop-gradient meta-gradient equals the true derivative of the meta-loss."""
+
+    def sample(self, rng, k):
+        return [rng.standard_normal((k, 3)).astype("float32")], {
+            "c": (rng.standard_normal((k, 3)) * np.array([1e-6, 0.1, 3.0])).astype("float32")}
+
+    def batches(self, rng, k, steps):
+        return {}
+
+    def loss(self, params, constants, batch):
+        return ops.sum(constants["c"] * params[0], axis=-1)
+
+
+def test_meta_gradient_matches_finite_differences():
+    trainer = meta.MetaTrainer(_Linear(), units=4, horizon=5, unroll=5, num_problems=2,
+                               output_scale=0.5)
+    params, constants, batches, state = trainer._episode(np.random.default_rng(0), 2)
+    phi = [np.asarray(ops.convert_to_numpy(v), "float32") for v in trainer.phi]
+    (value, _), grads = trainer._train_unroll(phi, params, state, constants, {})
+    rng = np.random.default_rng(1)
+    direction = [rng.standard_normal(p.shape).astype("float32") for p in phi]
+    eps = 1e-2
+
+    def objective(sign):
+        shifted = [p + sign * eps * d for p, d in zip(phi, direction)]
+        return float(ops.convert_to_numpy(trainer._eval_unroll(
+            shifted, params, state, constants, {})[0]))
+
+    numeric = (objective(1) - objective(-1)) / (2 * eps)
+    analytic = sum(float(np.sum(ops.convert_to_numpy(g) * d)) for g, d in zip(grads, direction))
+    np.testing.assert_allclose(analytic, numeric, rtol=2e-2)
+
+
+def test_meta_training_improves_the_optimizer(tmp_path):
+    trainer = meta.MetaTrainer(problems.Quadratic(), preprocess=False, num_problems=16,
+                               validation_problems=32, learning_rate=3e-3)
+    untrained = trainer.run([ops.convert_to_numpy(v) for v in trainer.phi],
+                            meta.VALIDATION_SEED, 32)
+    history = trainer.fit(epochs=2, episodes_per_epoch=10, log_dir=tmp_path / "tb", verbose=0)
+    trained = trainer.run(trainer.best_phi, meta.VALIDATION_SEED, 32)
+    assert trained[-1].mean() < 0.5 * untrained[-1].mean()
+    assert min(history["validation_final_loss"]) == pytest.approx(trained[-1].mean(), rel=1e-5)
+    assert any(name.startswith("events") for name in os.listdir(tmp_path / "tb"))
