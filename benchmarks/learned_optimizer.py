@@ -7,7 +7,9 @@ from the zoo: `lstm_optimizer_quadratic` for the quadratics and
 `lstm_optimizer_digits_mlp` for everything on the digits (the transfer
 settings reuse it unchanged).
 
-    KERAS_BACKEND=tensorflow python benchmarks/learned_optimizer.py
+    KERAS_BACKEND=jax python benchmarks/learned_optimizer.py --settings quadratic
+    KERAS_BACKEND=tensorflow python benchmarks/learned_optimizer.py --settings mlp \
+        mlp_200_steps mlp_40_units mlp_2_layers mlp_relu cnn
 
 Writes `benchmarks/results/learned_optimizer.json` and
 `learned_optimizer_fig4.png` / `learned_optimizer_fig5.png`.
@@ -71,7 +73,7 @@ def summarize(curves):
 def run_setting(name, test_problems, tune_problems, tuned_rates):
     family, kwargs, preset, horizon = SETTINGS[name]
     problem = family(**kwargs)
-    result = {"problem": problem.name, "kwargs": {k: list(v) if isinstance(v, tuple) else v
+    result = {"backend": keras.backend.backend(), "problem": problem.name, "kwargs": {k: list(v) if isinstance(v, tuple) else v
                                                   for k, v in kwargs.items()},
               "horizon": horizon, "learned_optimizer": preset, "optimizers": {}}
     start = time.time()
@@ -134,7 +136,6 @@ def main():
     for name in args.settings:
         results[name] = run_setting(name, args.test_problems, args.tune_problems, tuned)
         out.write_text(json.dumps({
-            "backend": keras.backend.backend(),
             "test_problems": args.test_problems, "tune_problems": args.tune_problems,
             "rates": RATES, "settings": results}, indent=1))
     fig4 = [n for n in ("quadratic", "mlp", "mlp_200_steps") if n in results]

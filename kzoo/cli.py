@@ -103,7 +103,7 @@ def _evaluate_optimizers(names):
 
     rows, ok = [], True
     for name in names:
-        _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE)
+        _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE, kind="optimizer")
         recorded = metadata["metrics"]["test"]["final_loss"]
         results = meta.evaluate_preset(name)
         match = abs(results["final_loss"] - recorded) <= 1e-3 * max(1.0, recorded)

@@ -159,7 +159,7 @@ def test_meta_parameters_that_do_not_fit_are_refused(tmp_path):
         f.write(b"tampered")
     with pytest.raises(presets.PresetError, match="checksum"):
         LSTMOptimizer.from_preset(str(copy))
-    with pytest.raises(presets.PresetError, match="not a learned optimizer"):
+    with pytest.raises(presets.PresetError, match="of kind 'model', not 'optimizer'"):
         learned.load_meta_parameters("lnlstm_digits")
 
 
@@ -208,3 +208,20 @@ def test_meta_training_improves_the_optimizer(tmp_path):
     assert trained[-1].mean() < 0.5 * untrained[-1].mean()
     assert min(history["validation_final_loss"]) == pytest.approx(trained[-1].mean(), rel=1e-5)
     assert any(name.startswith("events") for name in os.listdir(tmp_path / "tb"))
+
+
+def test_mixed_precision_fit_keeps_float32_state():
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        model = _digits_model()
+        model.compile(optimizer=LSTMOptimizer(output_scale=0.1),
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        x, y = _digits()
+        history = model.fit(x, y, batch_size=128, epochs=2, verbose=0)
+    finally:
+        keras.config.set_dtype_policy("float32")
+    assert np.all(np.isfinite(history.history["loss"]))
+    optimizer = model.optimizer.inner_optimizer  # wrapped in a LossScaleOptimizer
+    assert isinstance(optimizer, LSTMOptimizer)
+    assert all(v.dtype == "float32" for v in optimizer.variables if len(v.shape))
+    assert model.layers[0].kernel.dtype == "float32"

@@ -80,17 +80,28 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def read_metadata(preset, weights_file=WEIGHTS_FILE):
+def read_metadata(preset, weights_file=WEIGHTS_FILE, kind="model"):
     """Reads and verifies a preset; returns `(directory, metadata)`.
 
-    `weights_file` is the file whose sha256 is checked: a model's
-    `model.weights.h5` or a learned optimizer's meta-parameters.
+    Args:
+        preset: preset name or directory.
+        weights_file: the file whose sha256 is checked: a model's
+            `model.weights.h5` or a learned optimizer's meta-parameters.
+        kind: what the preset must hold: `"model"` or `"optimizer"` (the
+            metadata's `kind`; model presets may omit it).
 
     Raises:
-        PresetError: if a file is missing, the metadata is unreadable, or the
-            weights' sha256 differs from the one recorded.
+        PresetError: if the preset is of another kind, a file is missing, the
+            metadata is unreadable, or the weights' sha256 differs from the
+            one recorded.
     """
     directory = resolve(preset)
+    try:
+        found = json.loads((directory / METADATA_FILE).read_text()).get("kind", "model")
+    except (OSError, ValueError, AttributeError):
+        found = kind  # reported below as missing or unreadable
+    if found != kind:
+        raise PresetError(f"Preset {str(directory)!r} is of kind {found!r}, not {kind!r}.")
     missing = [f for f in (CONFIG_FILE, weights_file, METADATA_FILE)
                if not (directory / f).is_file()]
     if missing:

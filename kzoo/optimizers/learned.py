@@ -205,12 +205,7 @@ def save_meta_parameters(directory, phi, architecture, metadata, overwrite=False
 
 def load_meta_parameters(preset):
     """Reads a verified learned-optimizer preset: `(phi, architecture)`."""
-    directory, metadata = presets.read_metadata(preset, weights_file=PHI_FILE)
-    if metadata.get("kind") != "optimizer":
-        raise presets.PresetError(
-            f"Preset {str(directory)!r} is not a learned optimizer "
-            f"(kind {metadata.get('kind', 'model')!r})."
-        )
+    directory, _ = presets.read_metadata(preset, weights_file=PHI_FILE, kind="optimizer")
     architecture = json.loads((directory / presets.CONFIG_FILE).read_text())
     with np.load(directory / PHI_FILE, allow_pickle=False) as arrays:
         names = [n for n, _ in meta_parameter_shapes(architecture["units"],

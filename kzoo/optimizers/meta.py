@@ -318,10 +318,10 @@ PRESETS = {
         family="quadratic",
         description="LSTM optimizer meta-trained on random 10-d quadratics (no pre/postprocessing)",
         trainer_args={"preprocess": False, "output_scale": 1.0, "num_problems": 32,
-                      "learning_rate": 1e-3},
-        epochs=60,
+                      "learning_rate": 3e-3},
+        epochs=100,
         episodes_per_epoch=20,
-        patience=15,
+        patience=20,
     ),
     "lstm_optimizer_digits_mlp": OptimizerPreset(
         name="lstm_optimizer_digits_mlp",
@@ -411,7 +411,7 @@ def evaluate_preset(name):
     from kzoo.applications import presets
     from kzoo.optimizers import problems
 
-    _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE)
+    _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE, kind="optimizer")
     phi, architecture = learned.load_meta_parameters(name)
     entry = PRESETS[name]
     settings = {**entry.trainer_args, **{k: architecture[k] for k in
