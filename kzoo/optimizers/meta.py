@@ -17,13 +17,17 @@ TensorFlow, JAX and PyTorch.
 
 import dataclasses
 import sys
+import time
+from pathlib import Path
 
 import keras
 import numpy as np
 from keras import ops
 
 from kzoo import backend
+from kzoo.applications import presets
 from kzoo.optimizers import learned
+from kzoo.optimizers import problems
 
 VALIDATION_SEED = 1_000_001
 TEST_SEED = 2_000_003
@@ -173,9 +177,9 @@ class MetaTrainer:
         self._train_unroll = backend.compiled_value_and_grad(objective)
         self._eval_unroll = backend.compiled(objective)
 
-    def _episode(self, rng, num_problems):
+    def _episode(self, rng, num_problems, horizon=None):
         params, constants, batches = sample_episode(self.problem, rng, num_problems,
-                                                    self.horizon)
+                                                    horizon or self.horizon)
         size = sum(int(np.prod(p.shape)) for p in params)
         state = learned.initial_state((size,), self.units, self.num_layers)
         return params, constants, batches, state
@@ -214,12 +218,8 @@ class MetaTrainer:
             numpy `(horizon + 1, num_problems)` losses at `theta_0..theta_T`.
         """
         horizon = horizon or self.horizon
-        saved, self.horizon = self.horizon, horizon
-        try:
-            params, constants, batches, state = self._episode(
-                np.random.default_rng(seed), num_problems)
-        finally:
-            self.horizon = saved
+        params, constants, batches, state = self._episode(
+            np.random.default_rng(seed), num_problems, horizon)
         phi = [ops.convert_to_tensor(v) for v in phi]
         curves = []
         for k in range(horizon // self.unroll):
@@ -273,8 +273,6 @@ class MetaTrainer:
                 print(f"  validation final loss {final:.4f}, mean loss {mean:.4f}",
                       file=sys.stderr)
             if writer is not None:
-                import tensorflow as tf
-
                 with writer.as_default(step=epoch):
                     for key, values in history.items():
                         tf.summary.scalar(key, values[-1])
@@ -353,12 +351,6 @@ def train_preset(name, zoo_dir="saved_models", epochs=None, overwrite=False, see
     Returns:
         `(phi, metadata)`.
     """
-    import time
-    from pathlib import Path
-
-    from kzoo.applications import presets
-    from kzoo.optimizers import problems
-
     if name not in PRESETS:
         raise ValueError(f"Unknown learned optimizer {name!r}; registered: "
                          f"{', '.join(sorted(PRESETS))}.")
@@ -408,9 +400,6 @@ def evaluate_preset(name):
     Returns:
         `{"final_loss", "mean_loss", "problems"}` as recorded at training.
     """
-    from kzoo.applications import presets
-    from kzoo.optimizers import problems
-
     _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE, kind="optimizer")
     phi, architecture = learned.load_meta_parameters(name)
     entry = PRESETS[name]
