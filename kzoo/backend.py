@@ -13,8 +13,15 @@ express is here:
   `compiled_value_and_grad`, `compiled`): gradients through an unrolled
   optimization, with the optimizee's gradients held constant, and
   `optimizer_stepper`, a compiled step of any Keras optimizer on functional
-  parameters.
+  parameters;
+- data-parallel training on each backend's own engine (`data_parallel`,
+  `use_virtual_cpu_devices`): `keras.distribution.DataParallel` on JAX,
+  `tf.distribute.MirroredStrategy` (or `MultiWorkerMirroredStrategy` when
+  `TF_CONFIG` is set) on TensorFlow; Keras has no engine for PyTorch.
 """
+
+import contextlib
+import os
 
 import keras
 
@@ -260,3 +267,87 @@ def optimizer_stepper(optimizer, params, loss_fn):
         return losses
 
     return compiled(stateful)
+
+
+def use_virtual_cpu_devices(count):
+    """Splits this host's CPU into `count` devices, to test data parallelism.
+
+    Must run before the backend first uses a device: on JAX it sets
+    `XLA_FLAGS=--xla_force_host_platform_device_count` (read when JAX
+    initializes its devices), on TensorFlow it configures logical CPU devices.
+
+    Raises:
+        ValueError: on PyTorch, or when TensorFlow's devices are already set up.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":  # read when JAX first initializes its devices
+        flag = f"--xla_force_host_platform_device_count={int(count)}"
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {flag}".strip()
+        return
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        cpu = tf.config.list_physical_devices("CPU")[0]
+        try:
+            tf.config.set_logical_device_configuration(
+                cpu, [tf.config.LogicalDeviceConfiguration()] * int(count))
+        except RuntimeError as e:
+            raise ValueError(f"use_virtual_cpu_devices: TensorFlow already initialized its "
+                             f"devices ({e}); call it first.") from e
+        return
+    raise ValueError(f"use_virtual_cpu_devices: no data-parallel engine on {backend!r}.")
+
+
+@contextlib.contextmanager
+def data_parallel(devices=None):
+    """Runs the enclosed model building, `compile` and `fit` data-parallel.
+
+    Every replica holds all weights; each global batch is split across the
+    replicas and the gradients are averaged, so a run on N devices follows a
+    single-device run on the same global batch. Layer state that changes
+    during `fit` (batch-norm statistics, EM running means, optimizer state
+    such as `LSTMOptimizer`'s) is updated identically on every replica.
+
+    - JAX: `keras.distribution.DataParallel` over `devices` (default: all).
+      The step is one SPMD program, so batch statistics are global.
+    - TensorFlow: `tf.distribute.MirroredStrategy(devices)` on one host, or
+      `MultiWorkerMirroredStrategy` when `TF_CONFIG` describes a cluster.
+    - PyTorch: Keras has no distribution engine; raises `ValueError`.
+
+    Args:
+        devices: device names (JAX: e.g. `"cpu:0"`, `"gpu:1"`; TensorFlow:
+            e.g. `"/gpu:0"`), default all devices of the host's accelerator
+            type (CPU if there is none).
+
+    Yields:
+        The engine (`keras.distribution.DataParallel` or the `tf.distribute`
+        strategy), whose number of replicas `num_replicas(engine)` gives.
+    """
+    backend = keras.backend.backend()
+    if backend == "jax":
+        engine = keras.distribution.DataParallel(
+            devices=devices or keras.distribution.list_devices())
+        with engine.scope():
+            yield engine
+    elif backend == "tensorflow":
+        import tensorflow as tf
+
+        if os.environ.get("TF_CONFIG"):
+            engine = tf.distribute.MultiWorkerMirroredStrategy()
+        else:
+            engine = tf.distribute.MirroredStrategy(devices)
+        with engine.scope():
+            yield engine
+    else:
+        raise ValueError(
+            f"Data-parallel training is not available on the {backend!r} backend: Keras "
+            "has no distribution engine for it. Use JAX (keras.distribution) or "
+            "TensorFlow (tf.distribute)."
+        )
+
+
+def num_replicas(engine):
+    """Number of replicas of a `data_parallel` engine."""
+    if isinstance(engine, keras.distribution.DataParallel):
+        return int(engine.device_mesh.devices.size)
+    return int(engine.num_replicas_in_sync)

@@ -2,6 +2,7 @@
 
     kzoo list
     kzoo train NAME [--epochs N] [--seed S] [--zoo DIR] [--overwrite] [--log-dir DIR]
+               [--distribute data-parallel [--virtual-cpus N]]
     kzoo evaluate NAME... | --all
     kzoo export NAME... | --all [--base-dir DIR] [--version V]
     kzoo verify PATH...
@@ -65,8 +66,13 @@ def cmd_train(args):
                                         overwrite=args.overwrite, seed=args.seed,
                                         log_dir=args.log_dir)
     else:
+        if args.virtual_cpus:
+            from kzoo import backend
+
+            backend.use_virtual_cpu_devices(args.virtual_cpus)
         _, metadata = training.train(args.name, zoo_dir=args.zoo, epochs=args.epochs,
-                                     overwrite=args.overwrite, seed=args.seed)
+                                     overwrite=args.overwrite, seed=args.seed,
+                                     distribute=args.distribute == "data-parallel")
     test = metadata["metrics"]["test"]
     _table([[args.name, *(_fmt(v) for v in test.values()),
              next(iter(metadata["sha256"].values()))[:12]]],
@@ -216,6 +222,11 @@ def build_parser():
     p.add_argument("--zoo", default="saved_models", help="zoo directory (default: saved_models)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing preset")
     p.add_argument("--log-dir", help="TensorBoard directory (learned optimizers)")
+    p.add_argument("--distribute", choices=["data-parallel"],
+                   help="train on all devices with the backend's engine (JAX: "
+                   "keras.distribution; TensorFlow: tf.distribute)")
+    p.add_argument("--virtual-cpus", type=int,
+                   help="split the CPU into N devices (to try --distribute without GPUs)")
     p.set_defaults(func=cmd_train)
 
     for command, func, help_text in (

@@ -5,6 +5,7 @@ reproduce a zoo preset. `train` fits a registered model with `model.fit` and
 stores it in the zoo; `evaluate` scores a model on the task's test split.
 """
 
+import contextlib
 import dataclasses
 import inspect
 import math
@@ -15,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from kzoo import backend
 from kzoo.applications import presets
 from kzoo.applications import zoo
 from kzoo.datasets import digits
@@ -187,6 +189,16 @@ def _initialize_from(model, preset):
             layer.set_weights(source.get_layer(layer.name).get_weights())
 
 
+def _split_evenly(engine, batch_size, *arrays):
+    """Drops the last `len % replicas` examples so every batch splits evenly
+    across the replicas (JAX's sharding requires it)."""
+    replicas = backend.num_replicas(engine)
+    if batch_size % replicas:
+        raise ValueError(f"Batch size {batch_size} does not split across {replicas} replicas; "
+                         "use a number of devices that divides it.")
+    return [a[:len(a) - len(a) % replicas] for a in arrays]
+
+
 def train(
     name,
     zoo_dir="saved_models",
@@ -195,6 +207,8 @@ def train(
     seed=0,
     callbacks=(),
     verbose="auto",
+    distribute=False,
+    devices=None,
 ):
     """Trains a registered model with `model.fit` and saves it as a preset.
 
@@ -206,6 +220,11 @@ def train(
         seed: random seed (weights initialization and shuffling).
         callbacks: extra Keras callbacks for `fit`.
         verbose: Keras verbosity.
+        distribute: train data-parallel on the backend's engine
+            (`kzoo.backend.data_parallel`: `keras.distribution` on JAX,
+            `tf.distribute` on TensorFlow); the task's batch size is the
+            global batch, split across the replicas.
+        devices: the devices to use when `distribute` (default: all).
 
     Returns:
         `(model, metadata)`.
@@ -219,31 +238,35 @@ def train(
             "(CLI: --overwrite) to retrain it."
         )
     epochs = epochs or task.epochs
-    keras.utils.set_random_seed(seed)
-    model = zoo.get(name, training=True)
-    if item.init_from:
-        _initialize_from(model, item.init_from)
-    optimizer = task.optimizer(fine_tune=bool(item.init_from))
-    task.compile(model, optimizer)
-    x, y = task.load("train")
-    x_val, y_val = task.load("validation")
-    targets = lambda labels: task.targets(model, labels)  # noqa: E731
-    if task.augment:
-        data = {"x": _Augmented(x, y, task.batch_size, seed, targets)}
-    else:
-        data = {"x": x, "y": y, "batch_size": task.batch_size}
-    history = model.fit(
-        **data,
-        validation_data=(x_val, targets(y_val)),
-        epochs=epochs,
-        callbacks=[
-            keras.callbacks.EarlyStopping(
-                monitor="val_loss", patience=8, restore_best_weights=True
-            ),
-            *callbacks,
-        ],
-        verbose=verbose,
-    )
+    scope = backend.data_parallel(devices) if distribute else contextlib.nullcontext()
+    with scope as engine:
+        keras.utils.set_random_seed(seed)
+        model = zoo.get(name, training=True)
+        if item.init_from:
+            _initialize_from(model, item.init_from)
+        optimizer = task.optimizer(fine_tune=bool(item.init_from))
+        task.compile(model, optimizer)
+        x, y = task.load("train")
+        x_val, y_val = task.load("validation")
+        if distribute:
+            x, y, x_val, y_val = _split_evenly(engine, task.batch_size, x, y, x_val, y_val)
+        targets = lambda labels: task.targets(model, labels)  # noqa: E731
+        if task.augment:
+            data = {"x": _Augmented(x, y, task.batch_size, seed, targets)}
+        else:
+            data = {"x": x, "y": y, "batch_size": task.batch_size}
+        history = model.fit(
+            **data,
+            validation_data=(x_val, targets(y_val)),
+            epochs=epochs,
+            callbacks=[
+                keras.callbacks.EarlyStopping(
+                    monitor="val_loss", patience=8, restore_best_weights=True
+                ),
+                *callbacks,
+            ],
+            verbose=verbose,
+        )
     if item.train_args:
         # Same weights, the entry's inference setup (e.g. the converged walk).
         trained, model = model, zoo.get(name)
@@ -255,8 +278,11 @@ def train(
         "task": task.name,
         "dataset": task.dataset,
         "training_command": f"KERAS_BACKEND={keras.backend.backend()} kzoo train "
-        f"{name} --epochs {epochs} --seed {seed}",
+        f"{name} --epochs {epochs} --seed {seed}"
+        + (" --distribute data-parallel" if distribute else ""),
         "initialized_from": item.init_from,
+        "distribution": {"engine": type(engine).__name__,
+                         "replicas": backend.num_replicas(engine)} if distribute else None,
         "training": {
             "epochs_run": len(history.history["loss"]),
             "batch_size": task.batch_size,
