@@ -346,6 +346,41 @@ def data_parallel(devices=None):
         )
 
 
+@contextlib.contextmanager
+def global_batch_statistics(model):
+    """Batch norm over the global batch while training data-parallel.
+
+    JAX's SPMD step already normalizes over the global batch. Under
+    `tf.distribute`, Keras' `BatchNormalization` uses each replica's own
+    statistics unless `synchronized`; inside this context every batch-norm
+    layer of `model` is synchronized (an all-reduce of the moments per
+    layer), and its config is restored on exit, so saved models stay loadable
+    on every backend. Elsewhere it does nothing.
+
+    Example:
+
+    >>> with data_parallel():  # doctest: +SKIP
+    ...     model = build()
+    ...     with global_batch_statistics(model):
+    ...         model.fit(x, y)
+    """
+    layers = []
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if tf.distribute.has_strategy():
+            layers = [layer for layer in model._flatten_layers()
+                      if isinstance(layer, keras.layers.BatchNormalization)
+                      and not layer.synchronized]
+    for layer in layers:
+        layer.synchronized = True
+    try:
+        yield model
+    finally:
+        for layer in layers:
+            layer.synchronized = False
+
+
 def num_replicas(engine):
     """Number of replicas of a `data_parallel` engine."""
     if isinstance(engine, keras.distribution.DataParallel):

@@ -255,18 +255,19 @@ def train(
             data = {"x": _Augmented(x, y, task.batch_size, seed, targets)}
         else:
             data = {"x": x, "y": y, "batch_size": task.batch_size}
-        history = model.fit(
-            **data,
-            validation_data=(x_val, targets(y_val)),
-            epochs=epochs,
-            callbacks=[
-                keras.callbacks.EarlyStopping(
-                    monitor="val_loss", patience=8, restore_best_weights=True
-                ),
-                *callbacks,
-            ],
-            verbose=verbose,
-        )
+        with backend.global_batch_statistics(model):
+            history = model.fit(
+                **data,
+                validation_data=(x_val, targets(y_val)),
+                epochs=epochs,
+                callbacks=[
+                    keras.callbacks.EarlyStopping(
+                        monitor="val_loss", patience=8, restore_best_weights=True
+                    ),
+                    *callbacks,
+                ],
+                verbose=verbose,
+            )
     if item.train_args:
         # Same weights, the entry's inference setup (e.g. the converged walk).
         trained, model = model, zoo.get(name)
