@@ -381,6 +381,24 @@ def global_batch_statistics(model):
             layer.synchronized = False
 
 
+def cross_replica_mean(value):
+    """The mean of `value` over the replicas of a `tf.distribute` step.
+
+    For layer state computed from the batch (e.g. EM running means): each
+    replica sees its share of the global batch, so the per-replica values are
+    averaged to the global one. Elsewhere (one device, or JAX, whose SPMD step
+    already sees the global batch) it returns `value`.
+    """
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if tf.distribute.has_strategy() and context is not None \
+                and context.num_replicas_in_sync > 1:
+            return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
+    return value
+
+
 def num_replicas(engine):
     """Number of replicas of a `data_parallel` engine."""
     if isinstance(engine, keras.distribution.DataParallel):

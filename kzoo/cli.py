@@ -62,6 +62,9 @@ def cmd_train(args):
     from kzoo.optimizers import meta
 
     if args.name in meta.PRESETS:  # a learned optimizer: meta-train it
+        if args.distribute:
+            raise SystemExit("kzoo train: error: --distribute applies to zoo models; "
+                             "meta-training runs on one device.")
         _, metadata = meta.train_preset(args.name, zoo_dir=args.zoo, epochs=args.epochs,
                                         overwrite=args.overwrite, seed=args.seed,
                                         log_dir=args.log_dir)

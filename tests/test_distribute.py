@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from kzoo import applications
 from kzoo.datasets import digits, texture_scenes
+from kzoo.layers import HighwayEM
 from kzoo.optimizers import LSTMOptimizer
 
 case = sys.argv[1]
@@ -45,6 +46,12 @@ def run(distributed):
             model.compile(LSTMOptimizer.from_preset("lstm_optimizer_digits_mlp"),
                           keras.losses.SparseCategoricalCrossentropy(from_logits=True))
             batch = 64
+        elif case == "highway_em":  # running-mean bases updated in fit
+            model = keras.Sequential([keras.Input((4, 4, 6)), HighwayEM(3, 2, momentum=0.5)])
+            x = np.random.default_rng(1).normal(size=(32, 4, 4, 6)).astype("float32")
+            y = x
+            model.compile(keras.optimizers.SGD(0.05), "mse")
+            batch = 8
         else:  # the RWN with the sparse random walk, batch norm and dropout
             model = applications.RWN(width=4, walk_radius=2, walk_implementation="sparse")
             if keras.backend.backend() == "tensorflow":
@@ -84,6 +91,7 @@ CASES = [
     ("tensorflow", "learned_optimizer", 1e-2),
     ("jax", "lnlstm", 1e-4),
     ("jax", "learned_optimizer", 1e-2),
+    ("tensorflow", "highway_em", 1e-5),
     ("tensorflow", "rwn_sparse", 1e-2),
     ("jax", "rwn_sparse", 1e-3),
 ]

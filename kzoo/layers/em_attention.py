@@ -26,6 +26,8 @@ import math
 import keras
 from keras import ops
 
+from kzoo import backend
+
 
 def _normalize(mu, epsilon=1e-6):
     return mu / ops.maximum(ops.norm(mu, axis=-1, keepdims=True), epsilon)
@@ -148,6 +150,7 @@ class _EMModule(keras.layers.Layer):
         if training:
             # Running mean of the batch's final bases, outside the gradient.
             batch_mu = ops.stop_gradient(ops.mean(ops.cast(mu, "float32"), axis=0))
+            batch_mu = backend.cross_replica_mean(batch_mu)  # global batch under tf.distribute
             self.bases.assign(_normalize(self.momentum * self.bases
                                          + (1.0 - self.momentum) * batch_mu))
         reconstruction = ops.reshape(ops.matmul(z, mu), shape)
