@@ -17,7 +17,9 @@ express is here:
 - data-parallel training on each backend's own engine (`data_parallel`,
   `use_virtual_cpu_devices`): `keras.distribution.DataParallel` on JAX,
   `tf.distribute.MirroredStrategy` (or `MultiWorkerMirroredStrategy` when
-  `TF_CONFIG` is set) on TensorFlow; Keras has no engine for PyTorch.
+  `TF_CONFIG` is set) on TensorFlow; Keras has no engine for PyTorch;
+- custom gradients with one calling convention (`custom_gradient`), and
+  whether a tensor holds values that can be checked now (`is_concrete`).
 """
 
 import contextlib
@@ -404,3 +406,43 @@ def num_replicas(engine):
     if isinstance(engine, keras.distribution.DataParallel):
         return int(engine.device_mesh.devices.size)
     return int(engine.num_replicas_in_sync)
+
+
+def custom_gradient(forward):
+    """`keras.ops.custom_gradient` with one convention on every backend.
+
+    `forward(*tensors)` returns `(output, grad)` and `grad(upstream)` returns
+    the gradients of the tensors. TensorFlow and JAX call the gradient
+    function with the upstream gradient; Keras' PyTorch backend calls it with
+    the saved inputs and the upstream gradient as the keyword `upstream`.
+    """
+
+    def adapted(*tensors):
+        output, grad = forward(*tensors)
+
+        def grad_fn(*args, upstream=None):
+            return grad(args[0] if upstream is None else upstream)
+
+        return output, grad_fn
+
+    return keras.ops.custom_gradient(adapted)
+
+
+def is_concrete(x):
+    """Whether `x` holds values now (not a symbolic or traced tensor)."""
+    if isinstance(x, keras.KerasTensor):
+        return False
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return not tf.is_symbolic_tensor(x) and tf.executing_eagerly()
+    if backend == "jax":
+        import jax
+
+        return not isinstance(x, jax.core.Tracer)
+    if backend == "torch":
+        import torch
+
+        return not (isinstance(x, torch.Tensor) and x.device.type == "meta")
+    return True

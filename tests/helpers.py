@@ -10,8 +10,9 @@ def gradients(fn, *args):
     if backend == "tensorflow":
         import tensorflow as tf
 
-        tensors = [tf.Variable(a) for a in args]
+        tensors = [tf.constant(a) for a in args]
         with tf.GradientTape() as tape:
+            tape.watch(tensors)
             value = fn(*tensors)
         grads = tape.gradient(value, tensors, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return [g.numpy() for g in grads]

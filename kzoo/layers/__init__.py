@@ -15,3 +15,9 @@ from kzoo.layers.random_walk import PixelAffinity
 from kzoo.layers.random_walk import RandomWalk
 from kzoo.layers.em_attention import EMAttention
 from kzoo.layers.em_attention import HighwayEM
+from kzoo.layers.matrix_backprop import LogEig
+from kzoo.layers.matrix_backprop import MatrixPower
+from kzoo.layers.matrix_backprop import MatrixSqrt
+from kzoo.layers.matrix_backprop import NormalizedCut
+from kzoo.layers.matrix_backprop import SecondOrderPooling
+from kzoo.layers.matrix_backprop import UpperTriangle
