@@ -21,6 +21,7 @@ from kzoo.applications import presets
 from kzoo.applications import zoo
 from kzoo.datasets import digits
 from kzoo.datasets import stdlib_text
+from kzoo.datasets import texture_patches
 from kzoo.datasets import texture_scenes
 from kzoo.layers import AffinityLoss
 
@@ -136,6 +137,17 @@ TASKS = {
         epochs=3,
         batch_size=64,
         clipnorm=1.0,
+    ),
+    "texture_patches": Task(
+        name="texture_patches",
+        dataset=f"{texture_patches.NAME} (32x32 patches of 6 scikit-image textures; "
+        "train/validation/test from disjoint bands of each image; 3600/600/900)",
+        load=texture_patches.load,
+        loss="sparse_categorical_crossentropy",
+        metrics=("accuracy",),
+        learning_rate=2e-3,
+        epochs=30,
+        batch_size=64,
     ),
     "texture_scenes": Task(
         name="texture_scenes",

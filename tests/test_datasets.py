@@ -1,4 +1,4 @@
-"""The datasets that ship with scikit-learn and with Python itself."""
+"""The datasets built from what scikit-learn, scikit-image and Python ship."""
 
 import numpy as np
 import pytest
@@ -6,6 +6,7 @@ from sklearn.datasets import load_digits
 
 from kzoo.datasets import digits
 from kzoo.datasets import stdlib_text
+from kzoo.datasets import texture_patches
 
 
 def test_digits_splits_are_disjoint_stratified_and_complete():
@@ -57,3 +58,21 @@ def test_stdlib_text_encoding_round_trip_and_unknown_characters():
     assert stdlib_text.decode(stdlib_text.encode(text)) == text
     assert stdlib_text.encode("é")[0] == stdlib_text.OOV_ID
     assert stdlib_text.VOCAB_SIZE == 99
+
+
+def test_texture_patch_splits_use_disjoint_tiles_and_are_balanced():
+    for label, name in enumerate(texture_patches.CLASSES):
+        shape = texture_patches._source(name).shape
+        tiles = texture_patches.split_tiles(shape, label)
+        sets = [set(t) for t in tiles.values()]
+        assert all(sets) and sum(map(len, sets)) == len(set.union(*sets))
+    x, y = texture_patches.load("test")
+    assert x.shape == (900, 32, 32, 1) and x.dtype == np.float32
+    assert np.bincount(y).tolist() == [150] * texture_patches.NUM_CLASSES
+    # Standardized per patch: the mean and contrast carry no class information.
+    np.testing.assert_allclose(x.mean(axis=(1, 2, 3)), 0.0, atol=1e-5)
+    np.testing.assert_allclose(x.std(axis=(1, 2, 3)), 1.0, atol=1e-3)
+    again, _ = texture_patches.load("test")
+    np.testing.assert_array_equal(x, again)
+    with pytest.raises(ValueError, match="unknown split 'dev'"):
+        texture_patches.load("dev")

@@ -14,9 +14,10 @@ from kzoo.applications import zoo
 
 pytestmark = pytest.mark.multibackend  # presets load, evaluate and train on every backend
 
-PRETRAINED = ["emanet_texture_scenes", "fcn_texture_scenes", "hemnet_texture_scenes",
-              "lnlstm_char_lm", "lnlstm_digits", "lstm_char_lm", "lstm_digits",
-              "rwn_texture_scenes", "unrolled_em_texture_scenes"]
+PRETRAINED = ["deep_o2p_texture_patches", "emanet_texture_scenes", "fcn_texture_scenes",
+              "first_order_texture_patches", "hemnet_texture_scenes", "lnlstm_char_lm",
+              "lnlstm_digits", "lstm_char_lm", "lstm_digits", "rwn_texture_scenes",
+              "unrolled_em_texture_scenes"]
 
 
 @pytest.fixture

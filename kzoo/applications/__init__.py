@@ -2,6 +2,7 @@
 
 from kzoo.applications.em_segmentation import EMANet
 from kzoo.applications.em_segmentation import HEMNet
+from kzoo.applications.o2p import DeepO2P
 from kzoo.applications.ln_rnn import LNLSTMCharLM
 from kzoo.applications.ln_rnn import LNLSTMClassifier
 from kzoo.applications.ln_rnn import LSTMCharLM

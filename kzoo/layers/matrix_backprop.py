@@ -324,6 +324,15 @@ def _check_rank(layer, input_shape, rank, what):
         )
 
 
+def _check_square_batch(layer, input_shape):
+    _check_rank(layer, input_shape, (3,), "symmetric matrices of shape (batch, n, n)")
+    if input_shape[-1] is None or input_shape[-1] != input_shape[-2]:
+        raise ValueError(
+            f"{layer.__class__.__name__} expects square matrices (batch, n, n); "
+            f"got shape {tuple(input_shape)}."
+        )
+
+
 @keras.saving.register_keras_serializable(package="kzoo")
 class SecondOrderPooling(keras.layers.Layer):
     """Second-order (covariance) pooling of a feature map's positions.
@@ -373,12 +382,7 @@ class _SpectralLayer(keras.layers.Layer):
     """A layer mapping `(batch, n, n)` symmetric matrices to the same shape."""
 
     def build(self, input_shape):
-        _check_rank(self, input_shape, (3,), "symmetric matrices of shape (batch, n, n)")
-        if input_shape[-1] is None or input_shape[-1] != input_shape[-2]:
-            raise ValueError(
-                f"{self.__class__.__name__} expects square matrices (batch, n, n); "
-                f"got shape {tuple(input_shape)}."
-            )
+        _check_square_batch(self, input_shape)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -501,12 +505,7 @@ class UpperTriangle(keras.layers.Layer):
         self.scale_off_diagonal = scale_off_diagonal
 
     def build(self, input_shape):
-        _check_rank(self, input_shape, (3,), "symmetric matrices of shape (batch, n, n)")
-        if input_shape[-1] is None or input_shape[-1] != input_shape[-2]:
-            raise ValueError(
-                f"UpperTriangle expects square matrices (batch, n, n); got shape "
-                f"{tuple(input_shape)}."
-            )
+        _check_square_batch(self, input_shape)
 
     def call(self, inputs):
         return upper_triangle(inputs, self.scale_off_diagonal)
