@@ -21,3 +21,6 @@ from kzoo.layers.matrix_backprop import MatrixSqrt
 from kzoo.layers.matrix_backprop import NormalizedCut
 from kzoo.layers.matrix_backprop import SecondOrderPooling
 from kzoo.layers.matrix_backprop import UpperTriangle
+from kzoo.layers.stable_gru import CandidateSpectralNorm
+from kzoo.layers.stable_gru import StableGRU
+from kzoo.layers.stable_gru import StableGRUCell
