@@ -6,3 +6,4 @@ from kzoo import applications  # noqa: E402
 from kzoo import callbacks  # noqa: E402
 from kzoo import layers  # noqa: E402
 from kzoo import optimizers  # noqa: E402
+from kzoo import regularizers  # noqa: E402

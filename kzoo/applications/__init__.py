@@ -11,5 +11,6 @@ from kzoo.applications.presets import PresetError
 from kzoo.applications.presets import load_preset
 from kzoo.applications.segmentation import FCN
 from kzoo.applications.segmentation import RWN
+from kzoo.applications.shared_basis_resnet import SharedBasisResNet
 from kzoo.applications.zoo import get
 from kzoo.applications.zoo import list_models

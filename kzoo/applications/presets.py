@@ -22,6 +22,7 @@ import tempfile
 from pathlib import Path
 
 import keras
+from keras.src.saving.serialization_lib import ObjectSharingScope
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
@@ -177,7 +178,8 @@ def load_preset(preset):
     """
     directory, _ = read_metadata(preset)
     config = json.loads((directory / CONFIG_FILE).read_text())
-    model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    with ObjectSharingScope():  # e.g. a FilterBasis shared by several layers
+        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
     load_weights(model, directory)
     return model
 
@@ -252,10 +254,14 @@ def save_preset(model, directory, metadata, overwrite=False):
         # A preset is for inference and fine-tuning: the architecture and
         # weights only, without the training run's compile state or
         # optimizer variables.
-        config = keras.saving.serialize_keras_object(model)
+        # Keras' own `.keras` format records objects shared by several layers
+        # (e.g. a FilterBasis) inside this scope, so they stay shared.
+        with ObjectSharingScope():
+            config = keras.saving.serialize_keras_object(model)
         config.pop("compile_config", None)
         (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        bare = keras.saving.deserialize_keras_object(config, safe_mode=False)
+        with ObjectSharingScope():
+            bare = keras.saving.deserialize_keras_object(config, safe_mode=False)
         bare.set_weights(model.get_weights())
         bare.save_weights(tmp / WEIGHTS_FILE)
         return WEIGHTS_FILE

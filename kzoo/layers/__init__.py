@@ -24,3 +24,6 @@ from kzoo.layers.matrix_backprop import UpperTriangle
 from kzoo.layers.stable_gru import CandidateSpectralNorm
 from kzoo.layers.stable_gru import StableGRU
 from kzoo.layers.stable_gru import StableGRUCell
+from kzoo.layers.shared_basis import FilterBasis
+from kzoo.layers.shared_basis import OrthogonalBasis
+from kzoo.layers.shared_basis import SharedBasisConv2D

@@ -1,0 +1,3 @@
+"""Regularizers of the kzoo families."""
+
+from kzoo.layers.shared_basis import OrthogonalBasis
