@@ -16,7 +16,8 @@ pytestmark = pytest.mark.multibackend  # presets load, evaluate and train on eve
 
 PRETRAINED = ["deep_o2p_texture_patches", "emanet_texture_scenes", "fcn_texture_scenes",
               "first_order_texture_patches", "hemnet_texture_scenes", "lnlstm_char_lm",
-              "lnlstm_digits", "lstm_char_lm", "lstm_digits", "rwn_texture_scenes",
+              "lnlstm_digits", "lstm_char_lm", "lstm_digits", "resnet_texture_patches",
+              "rwn_texture_scenes", "shared_basis_resnet_texture_patches",
               "unrolled_em_texture_scenes"]
 
 
