@@ -166,11 +166,13 @@ TASKS = {
 
 
 def builder_args(name):
-    """The full builder arguments of a registered model (defaults filled)."""
+    """The full builder arguments of a registered model (defaults filled), JSON-like."""
     item = zoo.entry(name)
     bound = inspect.signature(item.builder).bind(**item.builder_args)
     bound.apply_defaults()
-    return {k: v for k, v in bound.arguments.items() if k not in ("weights", "name")}
+    # As recorded in JSON metadata: tuples become lists.
+    return {k: list(v) if isinstance(v, tuple) else v
+            for k, v in bound.arguments.items() if k not in ("weights", "name")}
 
 
 def evaluate(model, task_name, split="test", verbose="auto"):
