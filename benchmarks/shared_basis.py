@@ -108,12 +108,15 @@ def plot(results, path):
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, len(results), figsize=(5 * len(results), 3.8), sharey=True)
+    groups = sorted({g for runs in results.values() for g in runs[0]["epochs"][0]["grad_norm"]})
+    colors = plt.get_cmap("tab20")
     for ax, (variant, runs) in zip(axes, results.items()):
         epochs = runs[0]["epochs"]
-        for i, group in enumerate(sorted(epochs[0]["grad_norm"])):
+        for group in sorted(epochs[0]["grad_norm"]):
             curve = [e["grad_norm"][group] for e in epochs]
             ax.plot(np.arange(1, len(curve) + 1), curve, label=group,
-                    linestyle="--" if group.endswith("basis") else "-", color=f"C{i % 10}")
+                    linestyle="--" if group.endswith("basis") else "-",
+                    color=colors(groups.index(group) % 20))
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(f"{variant} (seed 0)")
