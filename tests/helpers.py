@@ -87,3 +87,34 @@ def np_ln_simple_rnn(x, w, eps):
         h = np.tanh(np_layer_norm(x[:, t] @ kernel + h @ recurrent, gamma, beta, eps))
         outputs.append(h)
     return np.stack(outputs, 1), h
+
+
+
+def assert_texture_patch_preset_reproduces(name):
+    """A texture-patches zoo preset scores its recorded test metrics."""
+    from kzoo import applications
+    from kzoo import training
+    from kzoo.applications import presets
+    from kzoo.datasets import texture_patches
+
+    model = applications.get(name, weights="pretrained")
+    results = training.evaluate(model, "texture_patches", verbose=0)
+    recorded = presets.read_metadata(name)[1]["metrics"]["test"]
+    np.testing.assert_allclose(results["accuracy"], recorded["accuracy"], atol=2e-3)
+    np.testing.assert_allclose(results["loss"], recorded["loss"], rtol=1e-3)
+    assert results["accuracy"] > 2.0 / texture_patches.NUM_CLASSES
+
+
+def assert_texture_patch_preset_serves(name, tmp_path):
+    """A texture-patches zoo preset exports and verifies in a TF-only process."""
+    from kzoo import applications
+    from kzoo import serving
+    from kzoo.datasets import texture_patches
+
+    model = applications.get(name, weights="pretrained")
+    x, _ = texture_patches.load("test")
+    path = serving.export(model, tmp_path, sample_inputs={"patch": x[:4]})
+    report = serving.verify(path, model=model)
+    assert report.ok, report
+    assert report.outputs == {"class_probabilities": ["float32", [None, 6]]}
+    assert max(report.max_abs_diff.values()) < 1e-4

@@ -4,10 +4,9 @@ import numpy as np
 import pytest
 
 from kzoo import applications
-from kzoo import serving
 from kzoo import training
-from kzoo.applications import presets
 from kzoo.datasets import texture_patches
+from tests import helpers
 
 PRETRAINED = ["deep_o2p_texture_patches", "first_order_texture_patches"]
 
@@ -15,12 +14,7 @@ PRETRAINED = ["deep_o2p_texture_patches", "first_order_texture_patches"]
 @pytest.mark.multibackend
 @pytest.mark.parametrize("name", PRETRAINED)
 def test_pretrained_reproduce_recorded_test_metrics(name):
-    model = applications.get(name, weights="pretrained")
-    results = training.evaluate(model, "texture_patches", verbose=0)
-    recorded = presets.read_metadata(name)[1]["metrics"]["test"]
-    np.testing.assert_allclose(results["accuracy"], recorded["accuracy"], atol=2e-3)
-    np.testing.assert_allclose(results["loss"], recorded["loss"], rtol=1e-3)
-    assert results["accuracy"] > 2.0 / texture_patches.NUM_CLASSES
+    helpers.assert_texture_patch_preset_reproduces(name)
 
 
 @pytest.mark.multibackend
@@ -42,10 +36,4 @@ def test_builder_checks_its_head():
 
 
 def test_o2p_exports_and_verifies_in_a_tensorflow_only_process(tmp_path):
-    model = applications.get("deep_o2p_texture_patches", weights="pretrained")
-    x, _ = texture_patches.load("test")
-    path = serving.export(model, tmp_path, sample_inputs={"patch": x[:4]})
-    report = serving.verify(path, model=model)
-    assert report.ok, report
-    assert report.outputs == {"class_probabilities": ["float32", [None, 6]]}
-    assert max(report.max_abs_diff.values()) < 1e-4
+    helpers.assert_texture_patch_preset_serves("deep_o2p_texture_patches", tmp_path)

@@ -4,11 +4,10 @@ import numpy as np
 import pytest
 
 from kzoo import applications
-from kzoo import serving
-from kzoo import training
 from kzoo.applications import presets
 from kzoo.datasets import texture_patches
 from kzoo.layers import SharedBasisConv2D
+from tests import helpers
 
 PRETRAINED = ["shared_basis_resnet_texture_patches", "resnet_texture_patches"]
 
@@ -16,12 +15,7 @@ PRETRAINED = ["shared_basis_resnet_texture_patches", "resnet_texture_patches"]
 @pytest.mark.multibackend
 @pytest.mark.parametrize("name", PRETRAINED)
 def test_pretrained_reproduce_recorded_test_metrics(name):
-    model = applications.get(name, weights="pretrained")
-    results = training.evaluate(model, "texture_patches", verbose=0)
-    recorded = presets.read_metadata(name)[1]["metrics"]["test"]
-    np.testing.assert_allclose(results["accuracy"], recorded["accuracy"], atol=2e-3)
-    np.testing.assert_allclose(results["loss"], recorded["loss"], rtol=1e-3)
-    assert results["accuracy"] > 2.0 / texture_patches.NUM_CLASSES
+    helpers.assert_texture_patch_preset_reproduces(name)
 
 
 def test_preset_config_keeps_one_basis_per_stage():
@@ -38,10 +32,4 @@ def test_preset_config_keeps_one_basis_per_stage():
 
 
 def test_shared_basis_resnet_exports_and_verifies_in_a_tensorflow_only_process(tmp_path):
-    model = applications.get("shared_basis_resnet_texture_patches", weights="pretrained")
-    x, _ = texture_patches.load("test")
-    path = serving.export(model, tmp_path, sample_inputs={"patch": x[:4]})
-    report = serving.verify(path, model=model)
-    assert report.ok, report
-    assert report.outputs == {"class_probabilities": ["float32", [None, 6]]}
-    assert max(report.max_abs_diff.values()) < 1e-4
+    helpers.assert_texture_patch_preset_serves("shared_basis_resnet_texture_patches", tmp_path)

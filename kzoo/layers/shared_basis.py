@@ -24,6 +24,14 @@ import keras
 from keras import ops
 
 
+def _check_images(layer, input_shape):
+    if len(input_shape) != 4 or input_shape[-1] is None:
+        raise ValueError(
+            f"{layer.__class__.__name__} expects images (batch, H, W, channels) with known "
+            f"channels; got shape {tuple(input_shape)}."
+        )
+
+
 def _strided(shape, strides):
     """Batch and spatial sizes after a 'same' convolution with `strides`."""
     return (shape[0], *[None if s is None else -(-s // strides) for s in shape[1:3]])
@@ -98,11 +106,7 @@ class FilterBasis(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     def build(self, input_shape):
-        if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(
-                f"FilterBasis expects images (batch, H, W, channels) with known channels; "
-                f"got shape {tuple(input_shape)}."
-            )
+        _check_images(self, input_shape)
         self.kernel = self.add_weight(
             shape=(self.kernel_size, self.kernel_size, input_shape[-1], self.num_filters),
             initializer=self.kernel_initializer,
@@ -189,11 +193,7 @@ class SharedBasisConv2D(keras.layers.Layer):
         self.kernel_regularizer = keras.regularizers.get(kernel_regularizer)
 
     def build(self, input_shape):
-        if len(input_shape) != 4 or input_shape[-1] is None:
-            raise ValueError(
-                f"SharedBasisConv2D expects images (batch, H, W, channels) with known "
-                f"channels; got shape {tuple(input_shape)}."
-            )
+        _check_images(self, input_shape)
         if not self.basis.built:
             self.basis.build(input_shape)
         elif self.basis.kernel.shape[2] != input_shape[-1]:
