@@ -4,12 +4,14 @@ A preset directory holds
 
 - `config.json`: the Keras-serialized model (`keras.saving.serialize_keras_object`),
 - `model.weights.h5`: the weights (`model.save_weights`),
-- `metadata.json`: builder and arguments, sha256 of the weights, the training
-  command, dataset, metrics and the keras/backend versions.
+- `metadata.json`: builder and arguments, the sha256 manifest of every other
+  file, the training command, dataset, metrics and the keras/backend versions.
 
-Loading checks that every file is there and that the weights' sha256 matches
-the metadata before Keras reads them, and deserializes in Keras safe mode (no
-lambdas, no pickled code).
+Loading checks every file against the manifest before Keras reads anything (an
+edited config is refused like a corrupt weights file), and deserializes in
+Keras safe mode (no lambdas, no pickled code). Names resolve only in the zoo
+directories (`resolve`): the user's zoo (`$KZOO_ZOO`, default `~/.kzoo/zoo`),
+where `kzoo train` writes, then the zoo shipped with kzoo.
 """
 
 import datetime
@@ -29,46 +31,86 @@ WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)
 ZOO_ENV = "KZOO_ZOO"
+USER_ZOO_DEFAULT = "~/.kzoo/zoo"
 
 
 class PresetError(ValueError):
     """A preset is missing, incomplete, corrupt or does not fit the model."""
 
 
-def zoo_dirs():
-    """Directories searched for presets, in order.
+def user_zoo():
+    """The user's zoo: where `kzoo train` writes, searched before the shipped zoo.
 
-    `$KZOO_ZOO` (if set), the zoo shipped inside the installed package, and the
-    `saved_models/` directory of a source checkout.
+    `$KZOO_ZOO` if set, else `~/.kzoo/zoo`. It need not exist yet.
     """
+    return Path(os.environ.get(ZOO_ENV) or USER_ZOO_DEFAULT).expanduser()
+
+
+def shipped_zoos():
+    """The zoo shipped with kzoo: inside the installed package, or a checkout's
+    `saved_models/` (editable installs)."""
     package = Path(__file__).resolve().parent.parent
-    dirs = []
-    if os.environ.get(ZOO_ENV):
-        dirs.append(Path(os.environ[ZOO_ENV]))
-    dirs += [package / "saved_models", package.parent / "saved_models"]
-    return [d for d in dirs if d.is_dir()]
+    return [d for d in (package / "saved_models", package.parent / "saved_models") if d.is_dir()]
+
+
+def zoo_dirs():
+    """Directories searched for presets by name, in order: `user_zoo()` (if it
+    exists), then `shipped_zoos()`."""
+    return [d for d in [user_zoo(), *shipped_zoos()] if d.is_dir()]
+
+
+def _presets_in(zoo):
+    return {p.name: p for p in zoo.iterdir() if (p / METADATA_FILE).is_file()}
 
 
 def available_presets():
     """Names of the presets found in `zoo_dirs()`."""
     names = set()
     for zoo in zoo_dirs():
-        names |= {p.name for p in zoo.iterdir() if (p / METADATA_FILE).exists()}
+        names |= set(_presets_in(zoo))
     return sorted(names)
 
 
+def locations(name):
+    """`(directory, "user" | "shipped")` of every preset named `name`, in search
+    order; the first one is what `resolve(name)` returns and shadows the rest."""
+    found = []
+    shipped = {d.resolve() for d in shipped_zoos()}
+    for zoo in zoo_dirs():
+        if name in _presets_in(zoo):
+            found.append((zoo / name, "shipped" if zoo.resolve() in shipped else "user"))
+    return found
+
+
+def looks_like_path(preset):
+    """Whether `preset` is written as a path: it contains a separator, starts
+    with `.` or `~`, or is absolute. Anything else is a zoo name."""
+    text = str(preset)
+    separators = [os.sep] + ([os.altsep] if os.altsep else [])
+    return (isinstance(preset, os.PathLike) or any(sep in text for sep in separators)
+            or text.startswith((".", "~")) or os.path.isabs(text))
+
+
 def resolve(preset):
-    """Returns the directory of a preset given by name or path."""
-    path = Path(preset)
-    if path.is_dir():
-        return path
-    if os.sep not in str(preset):
-        for zoo in zoo_dirs():
-            if (zoo / preset).is_dir():
-                return zoo / preset
+    """Returns the directory of a preset given by zoo name or by path.
+
+    A bare name (`"lnlstm_digits"`) is looked up only in `zoo_dirs()`, never
+    in the current directory, so a lookalike folder there cannot stand in for
+    a zoo preset. A path must look like one (`./lnlstm_digits`,
+    `~/presets/x`, `/abs/x`, `dir/x`).
+    """
+    if looks_like_path(preset):
+        path = Path(preset).expanduser()
+        if path.is_dir():
+            return path
+        raise PresetError(f"No preset directory {str(preset)!r}.")
+    found = locations(str(preset))
+    if found:
+        return found[0][0]
     raise PresetError(
-        f"No preset {str(preset)!r}: it is neither a directory nor the name of "
-        f"a preset in the zoo (available: {', '.join(available_presets()) or 'none'})."
+        f"No preset named {str(preset)!r} in the zoo ({', '.join(map(str, zoo_dirs()))}); "
+        f"available: {', '.join(available_presets()) or 'none'}. A directory must be "
+        "given as a path (e.g. ./name)."
     )
 
 
@@ -84,46 +126,58 @@ def sha256(path):
 def read_metadata(preset, weights_file=WEIGHTS_FILE, kind="model"):
     """Reads and verifies a preset; returns `(directory, metadata)`.
 
+    Every file of the preset except `metadata.json` itself (the config, the
+    weights, any extra) must be listed in the metadata's `sha256` manifest
+    and match it; the config and the weights must be listed.
+
     Args:
-        preset: preset name or directory.
-        weights_file: the file whose sha256 is checked: a model's
-            `model.weights.h5` or a learned optimizer's meta-parameters.
+        preset: preset name or directory (see `resolve`).
+        weights_file: the weights' file name: a model's `model.weights.h5`
+            or a learned optimizer's meta-parameters.
         kind: what the preset must hold: `"model"` or `"optimizer"` (the
             metadata's `kind`; model presets may omit it).
 
     Raises:
-        PresetError: if the preset is of another kind, a file is missing, the
-            metadata is unreadable, or the weights' sha256 differs from the
-            one recorded.
+        PresetError: naming the preset and the file, if the preset is of
+            another kind, a file is missing, unlisted or differs from its
+            recorded sha256, or the metadata is unreadable.
     """
     directory = resolve(preset)
-    try:
-        found = json.loads((directory / METADATA_FILE).read_text()).get("kind", "model")
-    except (OSError, ValueError, AttributeError):
-        found = kind  # reported below as missing or unreadable
-    if found != kind:
-        raise PresetError(f"Preset {str(directory)!r} is of kind {found!r}, not {kind!r}.")
-    missing = [f for f in (CONFIG_FILE, weights_file, METADATA_FILE)
-               if not (directory / f).is_file()]
-    if missing:
-        raise PresetError(
-            f"Preset {str(directory)!r} is incomplete: missing {', '.join(missing)}."
-        )
+    label = f"Preset {str(preset)!r} ({directory})"
+    if not (directory / METADATA_FILE).is_file():
+        raise PresetError(f"{label} is incomplete: missing {METADATA_FILE}.")
     try:
         metadata = json.loads((directory / METADATA_FILE).read_text())
-        expected = metadata["sha256"][weights_file]
-    except (ValueError, KeyError, TypeError) as e:
-        raise PresetError(
-            f"Preset {str(directory)!r}: {METADATA_FILE} is unreadable or has no "
-            f"sha256 for {weights_file} ({e})."
-        ) from e
-    actual = sha256(directory / weights_file)
-    if actual != expected:
-        raise PresetError(
-            f"Preset {str(directory)!r}: checksum mismatch for {weights_file} "
-            f"(expected sha256 {expected}, found {actual}). The file is corrupt "
-            "or was replaced; refusing to load it."
-        )
+        manifest = metadata["sha256"]
+        if not isinstance(manifest, dict):
+            raise TypeError("sha256 is not a mapping")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise PresetError(f"{label}: {METADATA_FILE} is unreadable or has no sha256 "
+                          f"manifest ({e}).") from e
+    found = metadata.get("kind", "model")
+    if found != kind:
+        raise PresetError(f"{label} is of kind {found!r}, not {kind!r}.")
+    missing = [f for f in (CONFIG_FILE, weights_file) if not (directory / f).is_file()]
+    if missing:
+        raise PresetError(f"{label} is incomplete: missing {', '.join(missing)}.")
+    unlisted = sorted(
+        p.name for p in directory.iterdir()
+        if p.is_file() and p.name != METADATA_FILE and p.name not in manifest
+    )
+    unlisted += [f for f in (CONFIG_FILE, weights_file) if f not in manifest]
+    if unlisted:
+        raise PresetError(f"{label}: {', '.join(sorted(set(unlisted)))} not covered by the "
+                          f"sha256 manifest of {METADATA_FILE}; refusing to load it.")
+    for name, expected in sorted(manifest.items()):
+        file = directory / name
+        if Path(name).name != name or not file.is_file():
+            raise PresetError(f"{label}: {name} is listed in its manifest but missing.")
+        actual = sha256(file)
+        if actual != expected:
+            raise PresetError(
+                f"{label}: checksum mismatch for {name} (expected sha256 {expected}, "
+                f"found {actual}). The file is corrupt or was edited; refusing to load it."
+            )
     return directory, metadata
 
 
@@ -177,9 +231,15 @@ def load_preset(preset):
     >>> model = load_preset("lnlstm_digits")  # doctest: +SKIP
     """
     directory, _ = read_metadata(preset)
-    config = json.loads((directory / CONFIG_FILE).read_text())
-    with ObjectSharingScope():  # e.g. a FilterBasis shared by several layers
-        model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    try:
+        config = json.loads((directory / CONFIG_FILE).read_text())
+        with ObjectSharingScope():  # e.g. a FilterBasis shared by several layers
+            model = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    except Exception as e:  # safe-mode refusals, unknown classes, bad arguments
+        raise PresetError(
+            f"Preset {str(preset)!r} ({directory}): its {CONFIG_FILE} does not deserialize "
+            f"in Keras safe mode: {type(e).__name__}: {e}"
+        ) from e
     load_weights(model, directory)
     return model
 
@@ -187,8 +247,9 @@ def load_preset(preset):
 def write_preset(directory, write_files, metadata, overwrite=False):
     """Writes a preset directory safely.
 
-    `write_files(tmp)` writes the config and the weights into the temporary
-    directory `tmp` and returns the weights' file name. Each file is then moved
+    `write_files(tmp)` writes the config, the weights and any other file into
+    the temporary directory `tmp` and returns the weights' file name; every
+    file is recorded in the metadata's sha256 manifest. Each file is then moved
     into place, the metadata (with the weights' sha256) last, so an
     interrupted save leaves a preset that fails its checksum rather than one
     that loads stale weights. Other content of the directory (e.g. `serving/`
@@ -214,10 +275,11 @@ def write_preset(directory, write_files, metadata, overwrite=False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}-", dir=directory.parent))
     try:
         weights_file = write_files(tmp)
+        files = sorted(p.name for p in tmp.iterdir() if p.is_file())
         record = {
             "name": directory.name,
             **metadata,
-            "sha256": {weights_file: sha256(tmp / weights_file)},
+            "sha256": {name: sha256(tmp / name) for name in files},
             "keras_version": keras.__version__,
             "backend": keras.backend.backend(),
             "python_version": platform.python_version(),
@@ -227,7 +289,7 @@ def write_preset(directory, write_files, metadata, overwrite=False):
         }
         (tmp / METADATA_FILE).write_text(json.dumps(record, indent=2) + "\n")
         directory.mkdir(exist_ok=True)
-        for name in (CONFIG_FILE, weights_file, METADATA_FILE):
+        for name in [*files, METADATA_FILE]:
             os.replace(tmp / name, directory / name)
     finally:
         if tmp.exists():

@@ -1,5 +1,6 @@
 """Layers of the papers in the kzoo zoo, one family per module."""
 
+from kzoo.layers.normalization import FiniteBatchNormalization
 from kzoo.layers.layer_norm_rnn import LayerNormGRU
 from kzoo.layers.layer_norm_rnn import LayerNormGRUCell
 from kzoo.layers.layer_norm_rnn import LayerNormLSTM

@@ -27,6 +27,8 @@ import keras
 from keras import ops
 
 from kzoo import backend
+from kzoo.layers import contracts
+from kzoo.layers.normalization import FiniteBatchNormalization
 
 
 def _normalize(mu, epsilon=1e-6):
@@ -86,6 +88,33 @@ def mixture_log_likelihood(x, mu, temperature=1.0):
     return ops.mean(ops.logsumexp(logits, axis=-1), axis=-1)
 
 
+def running_bases(bases, batch_bases, momentum):
+    """The running-mean update of the initial bases, from finite examples only.
+
+    `normalize(momentum * bases + (1 - momentum) * mean_b batch_bases[b])`,
+    where the mean runs over the examples whose final bases are finite
+    (under `tf.distribute`, over those of the global batch). A batch without
+    any finite example leaves `bases` unchanged: one NaN row cannot poison
+    the state every later inference starts from.
+
+    Args:
+        bases: `(K, C)` running bases.
+        batch_bases: `(batch, K, C)` final bases of the batch's examples.
+        momentum: weight of the running bases.
+    """
+    bases = ops.convert_to_tensor(bases)
+    batch_bases = ops.cast(batch_bases, "float32")
+    finite = ops.cast(contracts.finite_examples(batch_bases), "float32")[:, None, None]
+    total = ops.sum(ops.where(finite > 0, batch_bases, 0.0), axis=0)
+    count = ops.sum(finite)
+    # Means of sums and counts over replicas: the global batch's finite mean.
+    total = backend.cross_replica_mean(total)
+    count = backend.cross_replica_mean(count)
+    batch_mean = total / ops.maximum(count, 1e-12)
+    updated = _normalize(momentum * bases + (1.0 - momentum) * batch_mean)
+    return ops.where(count > 0, updated, bases)
+
+
 class _EMModule(keras.layers.Layer):
     """EMANet's module around unrolled EM; shared by both public layers."""
 
@@ -129,10 +158,11 @@ class _EMModule(keras.layers.Layer):
         self.conv_in = keras.layers.Conv2D(channels, 1, name="conv_in", dtype=policy)
         self.conv_out = keras.layers.Conv2D(channels, 1, use_bias=False, name="conv_out",
                                             dtype=policy)
-        self.norm = keras.layers.BatchNormalization(name="norm", dtype=policy)
+        self.norm = FiniteBatchNormalization(name="norm", dtype=policy)
         self.conv_in.build(input_shape)
         self.conv_out.build(input_shape)
         self.norm.build(input_shape)
+        self.input_spec = keras.InputSpec(ndim=4, axes={-1: channels})
 
     def current_gamma(self):
         if self.learnable_gamma:
@@ -148,11 +178,7 @@ class _EMModule(keras.layers.Layer):
         z, mu = em_iterations(x, mu0, self.iterations, gamma=self.current_gamma(),
                               temperature=self.temperature, stop_gradient=self.stop_gradient)
         if training:
-            # Running mean of the batch's final bases, outside the gradient.
-            batch_mu = ops.stop_gradient(ops.mean(ops.cast(mu, "float32"), axis=0))
-            batch_mu = backend.cross_replica_mean(batch_mu)  # global batch under tf.distribute
-            self.bases.assign(_normalize(self.momentum * self.bases
-                                         + (1.0 - self.momentum) * batch_mu))
+            self.bases.assign(running_bases(self.bases, ops.stop_gradient(mu), self.momentum))
         reconstruction = ops.reshape(ops.matmul(z, mu), shape)
         y = self.norm(self.conv_out(ops.relu(reconstruction)), training=training)
         return ops.relu(y + inputs)
@@ -203,6 +229,11 @@ class EMAttention(_EMModule):
         temperature: E-step softmax temperature.
         momentum: running-mean momentum of the initial bases (EMANet: 0.9).
 
+    Contract: features `(batch, H, W, C)`, C fixed at build. A non-finite
+    example gives non-finite outputs (it propagates) and never enters the
+    running bases (`running_bases`) or the batch-norm statistics
+    (`FiniteBatchNormalization`).
+
     Example:
 
     >>> x = keras.random.normal((2, 8, 8, 16))
@@ -236,6 +267,11 @@ class HighwayEM(_EMModule):
         learnable_gamma: learn gamma (as a sigmoid, starting at `gamma` < 1).
         temperature: E-step softmax temperature.
         momentum: running-mean momentum of the initial bases.
+
+    Contract: features `(batch, H, W, C)`, C fixed at build. A non-finite
+    example gives non-finite outputs (it propagates) and never enters the
+    running bases (`running_bases`) or the batch-norm statistics
+    (`FiniteBatchNormalization`).
 
     Example:
 

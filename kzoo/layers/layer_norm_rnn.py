@@ -259,6 +259,8 @@ class _LayerNormCell(keras.layers.Layer, DropoutRNNCell):
                 "shape (batch, features) with a known feature size, got "
                 f"input shape {tuple(input_shape)}."
             )
+        # Re-checked at every step: another feature size is a clear error.
+        self.input_spec = keras.InputSpec(ndim=2, axes={-1: input_shape[-1]})
         return input_shape[-1]
 
     def _add_kernels(self, input_dim, columns):

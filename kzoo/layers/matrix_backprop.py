@@ -32,6 +32,7 @@ import numpy as np
 from keras import ops
 
 from kzoo import backend
+from kzoo.layers import contracts
 
 
 def _as_float(x):
@@ -44,27 +45,44 @@ def _floor(x, value):
     return ops.where(x > value, x, value)
 
 
-def _check_matrices(x, name, symmetric=True):
-    """Raises `ValueError` unless `x` is a (batch of) square, symmetric matrices.
-
-    Symmetry is checked on concrete values only (eager calls); traced code
-    cannot raise on values.
-    """
+def _check_matrices(x, name):
+    """Raises `ValueError` unless `x` is a (batch of) square matrices."""
     shape = tuple(x.shape)
     if len(shape) < 2 or shape[-1] != shape[-2] or shape[-1] is None:
         raise ValueError(
             f"{name} expects square matrices of shape (..., n, n); got shape {shape}."
         )
-    if symmetric and backend.is_concrete(x):
-        value = ops.convert_to_numpy(x)
-        scale = float(np.max(np.abs(value), initial=0.0))
-        asymmetry = float(np.max(np.abs(value - np.swapaxes(value, -1, -2)), initial=0.0))
-        tolerance = 100 * np.finfo(value.dtype).eps ** 0.5 * max(scale, 1e-30)
-        if not asymmetry <= tolerance:
-            raise ValueError(
-                f"{name} expects symmetric matrices; got max |X - Xᵀ| = {asymmetry:.3g} "
-                f"(largest entry {scale:.3g})."
-            )
+
+
+def valid_symmetric(matrix):
+    """`(...)` booleans: each matrix is finite and symmetric.
+
+    Symmetric means `max |X − Xᵀ| <= 100 √eps · max |X|` for the dtype's eps.
+    Computed on the device, without a host copy.
+    """
+    matrix = ops.convert_to_tensor(matrix)
+    finite = ops.all(ops.isfinite(matrix), axis=(-2, -1))
+    safe = ops.where(ops.isfinite(matrix), matrix, ops.zeros_like(matrix))
+    scale = ops.max(ops.abs(safe), axis=(-2, -1))
+    asymmetry = ops.max(ops.abs(safe - ops.swapaxes(safe, -1, -2)), axis=(-2, -1))
+    eps = float(np.finfo(keras.backend.standardize_dtype(matrix.dtype)).eps)
+    return finite & (asymmetry <= 100.0 * eps ** 0.5 * _floor(scale, 1e-30))
+
+
+def _guarded(matrix, fn, extra_valid=None):
+    """`fn(matrix)` for finite symmetric matrices, NaN for the others.
+
+    Invalid matrices are replaced by the identity before `fn` (so no
+    eigendecomposition ever sees a NaN, which PyTorch's raises on), and their
+    results by NaN: a wrong input never yields a plausible finite answer.
+    """
+    valid = valid_symmetric(matrix)
+    if extra_valid is not None:
+        valid = valid & extra_valid(matrix)
+    mask = valid[..., None, None]
+    identity = ops.eye(matrix.shape[-1], dtype=matrix.dtype)
+    outputs = fn(ops.where(mask, matrix, identity))
+    return ops.where(mask, outputs, ops.cast(float("nan"), outputs.dtype))
 
 
 def _symmetrize(x):
@@ -147,9 +165,8 @@ def matrix_log(matrix, min_eigenvalue=1e-6):
     def derivative(lam):
         return ops.where(lam > min_eigenvalue, 1.0 / _floor(lam, min_eigenvalue), 0.0)
 
-    return spectral_function(
-        matrix, fn, lambda lam: divided_differences(lam, fn, derivative)
-    )
+    return _guarded(matrix, lambda m: spectral_function(
+        m, fn, lambda lam: divided_differences(lam, fn, derivative)))
 
 
 def matrix_power(matrix, power, min_eigenvalue=1e-6):
@@ -171,9 +188,8 @@ def matrix_power(matrix, power, min_eigenvalue=1e-6):
         slope = power * ops.power(_floor(lam, min_eigenvalue), power - 1.0)
         return ops.where(lam > min_eigenvalue, slope, 0.0)
 
-    return spectral_function(
-        matrix, fn, lambda lam: divided_differences(lam, fn, derivative)
-    )
+    return _guarded(matrix, lambda m: spectral_function(
+        m, fn, lambda lam: divided_differences(lam, fn, derivative)))
 
 
 def newton_schulz_sqrt(matrix, iterations=5, inverse=False):
@@ -195,13 +211,23 @@ def newton_schulz_sqrt(matrix, iterations=5, inverse=False):
     _check_matrices(matrix, "newton_schulz_sqrt")
     n = matrix.shape[-1]
     identity = ops.eye(n, dtype=matrix.dtype)
-    trace = ops.trace(matrix, axis1=-2, axis2=-1)[..., None, None]
-    y = matrix / trace
-    z = ops.broadcast_to(identity, ops.shape(matrix))
-    for _ in range(iterations):
-        t = 0.5 * (3.0 * identity - z @ y)
-        y, z = y @ t, t @ z
-    return z / ops.sqrt(trace) if inverse else y * ops.sqrt(trace)
+
+    def iterate(x):
+        trace = ops.trace(x, axis1=-2, axis2=-1)[..., None, None]
+        y = x / trace
+        z = ops.broadcast_to(identity, ops.shape(x))
+        for _ in range(iterations):
+            t = 0.5 * (3.0 * identity - z @ y)
+            y, z = y @ t, t @ z
+        # Z Y has the eigenvalues p_i of the iteration, each in [0, 1] for a
+        # PSD input; a negative eigenvalue drives its p_i below 0 and away.
+        residual = ops.sum(ops.square(z @ y - identity), axis=(-2, -1))
+        converged = (trace[..., 0, 0] > 0) & (residual <= n)
+        result = z / ops.sqrt(trace) if inverse else y * ops.sqrt(trace)
+        return ops.where(converged[..., None, None], result,
+                         ops.cast(float("nan"), result.dtype))
+
+    return _guarded(matrix, iterate)
 
 
 def covariance_pooling(features, epsilon=1e-3, center=True):
@@ -275,7 +301,7 @@ def leading_eigenspace_projector(matrix, k, min_gap=1e-3):
         gap = ops.abs(ops.expand_dims(lam, -1) - ops.expand_dims(lam, -2))
         return ops.where(across, 1.0 / _floor(gap, min_gap), 0.0)
 
-    return spectral_function(matrix, fn, kernel)
+    return _guarded(matrix, lambda m: spectral_function(m, fn, kernel))
 
 
 def normalized_affinity(features, bandwidth=1.0):
@@ -324,6 +350,19 @@ def _check_rank(layer, input_shape, rank, what):
         )
 
 
+def _check_features(layer, input_shape):
+    """Features `(batch, positions..., channels)`: rank 3 or 4, known channels, and
+    at least one position; fixed for later calls by an `InputSpec`."""
+    _check_rank(layer, input_shape, (3, 4),
+                "features of shape (batch, positions, channels) or (batch, H, W, channels)")
+    if input_shape[-1] is None:
+        raise ValueError(f"{layer.__class__.__name__} needs a known number of channels.")
+    if 0 in input_shape[1:-1]:
+        raise ValueError(f"{layer.__class__.__name__} needs at least one position; got "
+                         f"shape {tuple(input_shape)}.")
+    layer.input_spec = keras.InputSpec(ndim=len(input_shape), axes={-1: input_shape[-1]})
+
+
 def _check_square_batch(layer, input_shape):
     _check_rank(layer, input_shape, (3,), "symmetric matrices of shape (batch, n, n)")
     if input_shape[-1] is None or input_shape[-1] != input_shape[-2]:
@@ -331,6 +370,8 @@ def _check_square_batch(layer, input_shape):
             f"{layer.__class__.__name__} expects square matrices (batch, n, n); "
             f"got shape {tuple(input_shape)}."
         )
+    n = input_shape[-1]
+    layer.input_spec = keras.InputSpec(ndim=3, axes={-2: n, -1: n})
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -340,6 +381,11 @@ class SecondOrderPooling(keras.layers.Layer):
     Args:
         epsilon: ridge `εI` added to the pooled matrix.
         center: pool the covariance (mean removed) rather than `FᵀF/N`.
+
+    Contract: `(batch, positions, channels)` or `(batch, H, W, channels)`,
+    at least one position, channels fixed at build. Non-finite features give
+    non-finite matrices (they propagate; the next spectral layer turns them
+    into NaN outputs or a `ValueError`).
 
     Example:
 
@@ -354,10 +400,7 @@ class SecondOrderPooling(keras.layers.Layer):
         self.center = center
 
     def build(self, input_shape):
-        _check_rank(self, input_shape, (3, 4),
-                    "features of shape (batch, positions, channels) or (batch, H, W, channels)")
-        if input_shape[-1] is None:
-            raise ValueError(f"{self.__class__.__name__} needs a known number of channels.")
+        _check_features(self, input_shape)
 
     def call(self, inputs):
         return covariance_pooling(inputs, self.epsilon, self.center)
@@ -379,10 +422,26 @@ def _spectral_dtype(dtype):
 
 
 class _SpectralLayer(keras.layers.Layer):
-    """A layer mapping `(batch, n, n)` symmetric matrices to the same shape."""
+    """A layer mapping `(batch, n, n)` symmetric matrices to the same shape.
+
+    Contract (see `kzoo.layers.contracts`): `n` is fixed at build; matrices
+    must be finite and symmetric (`ValueError` in eager calls, NaN outputs
+    for the offending matrices in compiled code or with `check_values=False`).
+    """
+
+    def __init__(self, check_values=True, **kwargs):
+        super().__init__(**kwargs)
+        self.check_values = bool(check_values)
 
     def build(self, input_shape):
         _check_square_batch(self, input_shape)
+
+    def _checked_input(self, inputs):
+        contracts.enforce(self, valid_symmetric(inputs), "finite, symmetric matrices")
+        return inputs
+
+    def get_config(self):
+        return {**super().get_config(), "check_values": self.check_values}
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape)
@@ -398,8 +457,14 @@ class LogEig(_SpectralLayer):
     The backward pass is the gap-safe Daleckii–Krein form, exact and finite
     for repeated eigenvalues.
 
+    Contract: `(batch, n, n)` finite, symmetric matrices (`n` fixed at build).
+    Eigenvalues below `min_eigenvalue` (zero or negative: not SPD) are
+    clamped to it, a documented clamp, not an error.
+
     Args:
         min_eigenvalue: eigenvalues are clamped to at least this.
+        check_values: raise a `ValueError` on invalid matrices in eager calls
+            (`kzoo.layers.contracts`); their outputs are NaN either way.
 
     Example:
 
@@ -413,7 +478,7 @@ class LogEig(_SpectralLayer):
         self.min_eigenvalue = min_eigenvalue
 
     def call(self, inputs):
-        return matrix_log(inputs, self.min_eigenvalue)
+        return matrix_log(self._checked_input(inputs), self.min_eigenvalue)
 
     def get_config(self):
         return {**super().get_config(), "min_eigenvalue": self.min_eigenvalue}
@@ -430,6 +495,16 @@ class MatrixPower(_SpectralLayer):
             `"newton_schulz"` (matrix products only, autodiff backward).
         iterations: Newton–Schulz iterations.
         min_eigenvalue: `"eigh"` clamps eigenvalues to at least this.
+        check_values: raise a `ValueError` on invalid matrices in eager calls
+            (`kzoo.layers.contracts`); their outputs are NaN either way.
+
+    Contract: `(batch, n, n)` finite, symmetric matrices (`n` fixed at
+    build). `"eigh"` clamps eigenvalues below `min_eigenvalue`.
+    `"newton_schulz"` needs a positive trace and converges for PSD matrices;
+    where the iteration diverges (`‖ZY − I‖²_F > n`, which a PSD input never
+    reaches) the output is NaN (and a `ValueError` in eager calls). Small
+    negative eigenvalues do not make it diverge within a few iterations;
+    those directions are not square-rooted exactly.
 
     Example:
 
@@ -456,9 +531,14 @@ class MatrixPower(_SpectralLayer):
         self.min_eigenvalue = min_eigenvalue
 
     def call(self, inputs):
-        if self.method == "newton_schulz":
-            return newton_schulz_sqrt(inputs, self.iterations, inverse=self.power < 0)
-        return matrix_power(inputs, self.power, self.min_eigenvalue)
+        inputs = self._checked_input(inputs)
+        if self.method == "eigh":
+            return matrix_power(inputs, self.power, self.min_eigenvalue)
+        outputs = newton_schulz_sqrt(inputs, self.iterations, inverse=self.power < 0)
+        contracts.enforce(self, contracts.finite_examples(outputs),
+                          "positive semi-definite matrices with a positive trace "
+                          "(the Newton–Schulz iteration diverged)")
+        return outputs
 
     def get_config(self):
         return {
@@ -493,6 +573,11 @@ class UpperTriangle(keras.layers.Layer):
     Args:
         scale_off_diagonal: scale off-diagonal entries by √2 (the vector's
             norm is then the matrix's Frobenius norm).
+        check_values: raise a `ValueError` on invalid matrices in eager calls
+            (`kzoo.layers.contracts`); their outputs are NaN either way.
+
+    Contract: `(batch, n, n)` symmetric matrices (an asymmetric one would
+    lose its lower triangle silently, so it is an error / NaN instead).
 
     Example:
 
@@ -500,22 +585,27 @@ class UpperTriangle(keras.layers.Layer):
     (1, 10)
     """
 
-    def __init__(self, scale_off_diagonal=True, **kwargs):
+    def __init__(self, scale_off_diagonal=True, check_values=True, **kwargs):
         super().__init__(**kwargs)
         self.scale_off_diagonal = scale_off_diagonal
+        self.check_values = bool(check_values)
 
     def build(self, input_shape):
         _check_square_batch(self, input_shape)
 
     def call(self, inputs):
-        return upper_triangle(inputs, self.scale_off_diagonal)
+        # Finite values propagate as they are; asymmetry would be dropped silently.
+        symmetric = valid_symmetric(inputs) | ~contracts.finite_examples(inputs)
+        return contracts.checked(self, upper_triangle(inputs, self.scale_off_diagonal),
+                                 symmetric, "symmetric matrices")
 
     def compute_output_shape(self, input_shape):
         n = input_shape[-1]
         return (input_shape[0], n * (n + 1) // 2)
 
     def get_config(self):
-        return {**super().get_config(), "scale_off_diagonal": self.scale_off_diagonal}
+        return {**super().get_config(), "scale_off_diagonal": self.scale_off_diagonal,
+                "check_values": self.check_values}
 
 
 @keras.saving.register_keras_serializable(package="kzoo")
@@ -531,6 +621,11 @@ class NormalizedCut(keras.layers.Layer):
         num_segments: number of leading eigenvectors (segments).
         bandwidth: σ of the affinity `exp(−‖f_i − f_j‖² / 2σ²)`.
         min_gap: eigengap floor of the backward pass.
+        check_values: raise a `ValueError` on non-finite features in eager
+            calls (`kzoo.layers.contracts`); their outputs are NaN either way.
+
+    Contract: `(batch, H, W, channels)` or `(batch, positions, channels)`
+    finite features, the shape fixed at build.
 
     Example:
 
@@ -539,15 +634,16 @@ class NormalizedCut(keras.layers.Layer):
     (1, 16, 16)
     """
 
-    def __init__(self, num_segments, bandwidth=1.0, min_gap=1e-3, **kwargs):
+    def __init__(self, num_segments, bandwidth=1.0, min_gap=1e-3, check_values=True, **kwargs):
         super().__init__(**kwargs)
         self.num_segments = num_segments
         self.bandwidth = bandwidth
         self.min_gap = min_gap
+        self.check_values = bool(check_values)
 
     def build(self, input_shape):
-        _check_rank(self, input_shape, (3, 4),
-                    "features of shape (batch, positions, channels) or (batch, H, W, channels)")
+        _check_features(self, input_shape)
+        self.input_spec = keras.InputSpec(shape=(None, *input_shape[1:]))
         positions = math.prod(input_shape[1:-1]) if None not in input_shape[1:-1] else None
         if positions is None or not 0 < self.num_segments < positions:
             raise ValueError(
@@ -558,7 +654,11 @@ class NormalizedCut(keras.layers.Layer):
     def call(self, inputs):
         positions = math.prod(inputs.shape[1:-1])
         features = ops.reshape(inputs, (-1, positions, inputs.shape[-1]))
-        return normalized_cut(features, self.num_segments, self.bandwidth, self.min_gap)
+        valid = contracts.finite_examples(features)
+        contracts.enforce(self, valid, "finite features")
+        features = ops.where(valid[:, None, None], features, ops.zeros_like(features))
+        projector = normalized_cut(features, self.num_segments, self.bandwidth, self.min_gap)
+        return contracts.poison(projector, valid)
 
     def compute_output_shape(self, input_shape):
         positions = math.prod(input_shape[1:-1])
@@ -574,4 +674,5 @@ class NormalizedCut(keras.layers.Layer):
             "num_segments": self.num_segments,
             "bandwidth": self.bandwidth,
             "min_gap": self.min_gap,
+            "check_values": self.check_values,
         }

@@ -38,6 +38,7 @@ import numpy as np
 from keras import ops
 
 from kzoo import backend
+from kzoo.layers import contracts
 
 _MAX_RADIUS = 128
 
@@ -418,6 +419,7 @@ class PixelAffinity(keras.layers.Layer):
             regularizer=self.kernel_regularizer,
             constraint=self.kernel_constraint,
         )
+        self.input_spec = keras.InputSpec(ndim=4, axes={-1: input_shape[-1]})
 
     def call(self, features):
         return pixel_affinities(features, ops.cast(self.kernel, features.dtype), self.radius)
@@ -455,6 +457,12 @@ class RandomWalk(keras.layers.Layer):
         implementation: `"stencil"` (any backend), `"sparse"` (TensorFlow
             `tf.SparseTensor`, JAX `BCOO`; needs static H and W) or `"auto"`
             (the fastest here, see BENCHMARKS.md).
+        check_values: raise a `ValueError` on invalid affinities in eager
+            calls (`kzoo.layers.contracts`); their outputs are NaN either way.
+
+    Contract: potentials `(batch, H, W, K)` and affinities `(batch, H, W, P)`
+    with K and P fixed at build; affinities finite and non-negative
+    (`PixelAffinity`'s are). Non-finite potentials propagate.
 
     Inputs: `[potentials, affinities]`, `(batch, H, W, K)` and
     `(batch, H, W, P)`. Output: `(batch, H, W, K)`.
@@ -468,8 +476,9 @@ class RandomWalk(keras.layers.Layer):
     """
 
     def __init__(self, mode="converged", alpha=0.01, steps=None, tolerance=1e-5,
-                 implementation="auto", **kwargs):
+                 implementation="auto", check_values=True, **kwargs):
         super().__init__(**kwargs)
+        self.check_values = bool(check_values)
         _check_walk_args(mode, alpha, steps, tolerance)
         if implementation not in ("auto", "stencil", "sparse"):
             raise ValueError(
@@ -505,14 +514,24 @@ class RandomWalk(keras.layers.Layer):
                 f"{self.name}: the affinities' last axis must be the number of "
                 f"neighbours of a radius (1, 5, 13, 29, 49, 81, ...), got {a_shape}."
             )
+        self.input_spec = [keras.InputSpec(ndim=4, axes={-1: f_shape[-1]}),
+                           keras.InputSpec(ndim=4, axes={-1: a_shape[-1]})]
 
     def call(self, inputs):
         potentials, affinities = inputs
         affinities = ops.cast(affinities, potentials.dtype)
-        return random_walk(
+        # A transition matrix needs finite, non-negative affinities; a negative
+        # one would make rows that sum to 1 with negative "probabilities".
+        valid = contracts.finite_examples(affinities) & ops.all(
+            ops.reshape(affinities >= 0, (ops.shape(affinities)[0], -1)), axis=-1)
+        contracts.enforce(self, valid, "finite, non-negative affinities")
+        affinities = ops.where(valid[:, None, None, None], affinities,
+                               ops.zeros_like(affinities))
+        walked = random_walk(
             potentials, transition_matrix(affinities), mode=self.mode, alpha=self.alpha,
             steps=self.steps, tolerance=self.tolerance, implementation=self.implementation,
         )
+        return contracts.poison(walked, valid)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[0])
@@ -525,6 +544,7 @@ class RandomWalk(keras.layers.Layer):
             "steps": self.steps,
             "tolerance": self.tolerance,
             "implementation": self.implementation,
+            "check_values": self.check_values,
         }
 
 

@@ -113,6 +113,7 @@ class FilterBasis(keras.layers.Layer):
             regularizer=self.kernel_regularizer,
             name="kernel",
         )
+        self.input_spec = keras.InputSpec(ndim=4, axes={-1: input_shape[-1]})
 
     def call(self, inputs, strides=1):
         return ops.conv(inputs, self.kernel, strides=strides, padding="same")
@@ -219,6 +220,9 @@ class SharedBasisConv2D(keras.layers.Layer):
         self.bias = None
         if self.use_bias:
             self.bias = self.add_weight(shape=(self.filters,), initializer="zeros", name="bias")
+        # Re-checked at every call: a 6-channel input to a layer built for 3
+        # would otherwise run as a grouped convolution.
+        self.input_spec = keras.InputSpec(ndim=4, axes={-1: input_shape[-1]})
 
     def call(self, inputs):
         # The basis may run under another dtype policy than this layer.

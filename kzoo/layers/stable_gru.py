@@ -109,6 +109,11 @@ class StableGRUCell(keras.layers.GRUCell):
         super().__init__(units, **_with_constraint("StableGRUCell", max_singular_value, kwargs))
         self.max_singular_value = max_singular_value
 
+    def build(self, input_shape):
+        super().build(input_shape)
+        # Keras' cell would fail later with a backend matmul error.
+        self.input_spec = keras.InputSpec(ndim=2, axes={-1: input_shape[-1]})
+
     def project(self):
         """Applies the projection now (for loops without a Keras optimizer)."""
         kernel = self.recurrent_kernel
@@ -137,6 +142,11 @@ class StableGRU(keras.layers.GRU):
     def __init__(self, units, max_singular_value=DEFAULT_MAX_SINGULAR_VALUE, **kwargs):
         super().__init__(units, **_with_constraint("StableGRU", max_singular_value, kwargs))
         self.max_singular_value = max_singular_value
+
+    def build(self, sequences_shape, initial_state_shape=None):
+        super().build(sequences_shape, initial_state_shape)
+        # Keras' GRU would fail later with a backend matmul error.
+        self.input_spec = keras.InputSpec(ndim=3, axes={-1: sequences_shape[-1]})
 
     def project(self):
         """Applies the projection now (for loops without a Keras optimizer)."""
