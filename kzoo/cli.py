@@ -1,6 +1,7 @@
 """The `kzoo` command: list, train, evaluate, export and verify zoo models.
 
     kzoo list
+    kzoo [--debug] [--backend B] COMMAND ...
     kzoo train NAME [--epochs N] [--seed S] [--zoo DIR] [--overwrite] [--log-dir DIR]
                [--distribute data-parallel [--virtual-cpus N]]
     kzoo evaluate NAME... | --all
@@ -14,6 +15,7 @@
 
 import argparse
 import os
+import re
 import sys
 
 
@@ -39,22 +41,34 @@ def _names(args, zoo, presets):
     return args.names
 
 
+def _where(presets, name):
+    """Where the preset `name` is loaded from, and what it shadows."""
+    found = presets.locations(name)
+    if not found:
+        return "-"
+    (path, kind), shadowed = found[0], [k for _, k in found[1:]]
+    text = f"{kind}: {path}"
+    if "shipped" in shadowed:
+        text += " (SHADOWS the shipped preset)"
+    return text
+
+
 def cmd_list(args):
     from kzoo.applications import presets
     from kzoo.applications import zoo
 
-    available = presets.available_presets()
     rows = []
     for name in zoo.list_models():
         item = zoo.entry(name)
-        rows.append([name, item.builder.__name__, item.task,
-                     "yes" if name in available else "no", item.description])
+        rows.append([name, item.builder.__name__, item.task, _where(presets, name),
+                     item.description])
     from kzoo.optimizers import meta
 
     for name, item in sorted(meta.PRESETS.items()):
-        rows.append([name, "LSTMOptimizer", f"meta: {item.family}",
-                     "yes" if name in available else "no", item.description])
-    _table(rows, ["name", "builder", "task", "pretrained", "description"])
+        rows.append([name, "LSTMOptimizer", f"meta: {item.family}", _where(presets, name),
+                     item.description])
+    _table(rows, ["name", "builder", "task", "pretrained (loaded from)", "description"])
+    print(f"\nUser zoo (kzoo train writes here, searched first): {presets.user_zoo()}")
 
 
 def cmd_train(args):
@@ -77,9 +91,14 @@ def cmd_train(args):
                                      overwrite=args.overwrite, seed=args.seed,
                                      distribute=args.distribute == "data-parallel")
     test = metadata["metrics"]["test"]
-    _table([[args.name, *(_fmt(v) for v in test.values()),
-             next(iter(metadata["sha256"].values()))[:12]]],
-           ["name", *(f"test {k}" for k in test), "sha256"])
+    from kzoo.applications import presets
+
+    _table([[args.name, *(_fmt(v) for v in test.values())]],
+           ["name", *(f"test {k}" for k in test)])
+    target = presets.training_target(args.name, args.zoo, overwrite=True)
+    print(f"\nWrote {target}; `kzoo evaluate {args.name}` now loads it"
+          + (" (it shadows the shipped preset)" if len(presets.locations(args.name)) > 1
+             and presets.locations(args.name)[0][0] == target else "") + ".")
 
 
 _HEADLINE_METRICS = ("bits_per_char", "mean_iou", "segmentation_logits_mean_iou", "accuracy")
@@ -163,11 +182,12 @@ def cmd_export(args):
     _table([[str(p)] for p in paths], ["export"])
 
 
-def _verify(paths):
+def _verify(paths, debug=False):
     from kzoo import serving
 
     rows, ok = [], True
     for path in paths:
+        print(f"verifying {path}", file=sys.stderr)
         try:
             report = serving.verify(path)
             diff = max(report.max_abs_diff.values(), default=0.0)
@@ -177,14 +197,14 @@ def _verify(paths):
         except serving.VerificationError as e:
             ok = False
             rows.append([str(path), "", "", "", "", "", "", "FAILED"])
-            print(e, file=sys.stderr)
+            print(e.detail if debug else e, file=sys.stderr)
     _table(rows, ["export", "inputs", "outputs", "max |diff|", "device",
                   "ms/batch 1", "ms/batch 64", "status"])
     return ok
 
 
 def cmd_verify(args):
-    if not _verify(args.paths):
+    if not _verify(args.paths, args.debug):
         raise SystemExit("verification failed")
 
 
@@ -204,31 +224,45 @@ def cmd_demo(args):
           file=sys.stderr)
     evaluated &= _evaluate_optimizers(learned)
     paths = _export(names, args.base_dir)
-    verified = _verify(paths)
+    verified = _verify(paths, args.debug)
     print(f"\nTF Serving config: {os.path.join(args.base_dir, 'models.config')}")
     if not (evaluated and verified):
         raise SystemExit("demo failed")
+
+
+def _positive_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
 
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="kzoo", description=__doc__.split("\n")[0])
     parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
                         help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show full tracebacks and subprocess output on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("list", help="list the registered models").set_defaults(func=cmd_list)
 
     p = sub.add_parser("train", help="train a model and store it in the zoo")
-    p.add_argument("name")
-    p.add_argument("--epochs", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--zoo", default="saved_models", help="zoo directory (default: saved_models)")
+    p.add_argument("name", help="a registered model or learned optimizer (kzoo list)")
+    p.add_argument("--epochs", type=_positive_int,
+                   help="number of epochs, >= 1 (default: the task's)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--zoo", help="zoo directory to write to (default: the user zoo, "
+                   "$KZOO_ZOO or ~/.kzoo/zoo, which name lookups search first)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing preset")
     p.add_argument("--log-dir", help="TensorBoard directory (learned optimizers)")
     p.add_argument("--distribute", choices=["data-parallel"],
                    help="train on all devices with the backend's engine (JAX: "
                    "keras.distribution; TensorFlow: tf.distribute)")
-    p.add_argument("--virtual-cpus", type=int,
+    p.add_argument("--virtual-cpus", type=_positive_int,
                    help="split the CPU into N devices (to try --distribute without GPUs)")
     p.set_defaults(func=cmd_train)
 
@@ -237,21 +271,46 @@ def build_parser():
         ("export", cmd_export, "export pretrained models for TF Serving"),
     ):
         p = sub.add_parser(command, help=help_text)
-        p.add_argument("names", nargs="*")
+        p.add_argument("names", nargs="*", help="zoo names (kzoo list)")
         p.add_argument("--all", action="store_true", help="every pretrained model")
         if command == "export":
-            p.add_argument("--base-dir", default="saved_models")
-            p.add_argument("--version", type=int)
+            p.add_argument("--base-dir", default="saved_models",
+                           help="serving base directory, what TF Serving mounts "
+                           "(default: saved_models)")
+            p.add_argument("--version", type=_positive_int,
+                           help="version number, >= 1 (default: the next free one)")
         p.set_defaults(func=func)
 
     p = sub.add_parser("verify", help="verify SavedModel exports in a TF-only process")
-    p.add_argument("paths", nargs="+")
+    p.add_argument("paths", nargs="+", help="export version directories")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="evaluate, export and verify every pretrained model")
-    p.add_argument("--base-dir", default="saved_models")
+    p.add_argument("--base-dir", default="saved_models",
+                   help="serving base directory (default: saved_models)")
     p.set_defaults(func=cmd_demo)
     return parser
+
+
+def _expected_errors():
+    """The exception types reported as one line: bad input, files, data."""
+    errors = [OSError, ValueError, LookupError, RuntimeError, AssertionError]
+    if "tensorflow" in sys.modules:  # a corrupt TFDS cache or checkpoint
+        errors.append(sys.modules["tensorflow"].errors.OpError)
+    if "google.protobuf.message" in sys.modules:
+        errors.append(sys.modules["google.protobuf.message"].DecodeError)
+    return tuple(errors)
+
+
+def _one_line(error):
+    """The error's message on one line (Keras wraps a layer's message in a
+    banner; the message itself is the bold part)."""
+    text = str(error)
+    bold = re.search(r"\x1b\[1m(.*?)\x1b\[0m", text, re.S)
+    text = bold.group(1) if bold else text
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", text).split())
+    text = text or type(error).__name__
+    return text if len(text) <= 600 else text[:597] + "..."
 
 
 def main(argv=None):
@@ -264,8 +323,14 @@ def main(argv=None):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     try:
         args.func(args)
-    except (FileExistsError, ValueError) as e:  # PresetError is a ValueError
-        raise SystemExit(f"kzoo {args.command}: error: {e}") from e
+    except Exception as e:
+        if args.debug and getattr(e, "detail", None):
+            print(e.detail, file=sys.stderr)  # e.g. a subprocess' whole stderr
+        if args.debug or not isinstance(e, _expected_errors()):
+            raise
+        print(f"kzoo {args.command}: error: {_one_line(e)} (--debug for details)",
+              file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

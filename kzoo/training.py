@@ -10,7 +10,6 @@ import dataclasses
 import inspect
 import math
 import sys
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -215,7 +214,7 @@ def _split_evenly(engine, batch_size, *arrays):
 
 def train(
     name,
-    zoo_dir="saved_models",
+    zoo_dir=None,
     epochs=None,
     overwrite=False,
     seed=0,
@@ -228,7 +227,8 @@ def train(
 
     Args:
         name: a name from `kzoo.applications.list_models()`.
-        zoo_dir: the zoo directory; the preset goes to `zoo_dir/name`.
+        zoo_dir: the zoo directory; the preset goes to `zoo_dir/name`
+            (default: the user's zoo, `kzoo.applications.presets.user_zoo()`).
         epochs: number of epochs (default: the task's).
         overwrite: replace an existing preset.
         seed: random seed (weights initialization and shuffling).
@@ -245,13 +245,8 @@ def train(
     """
     item = zoo.entry(name)
     task = TASKS[item.task]
-    target = Path(zoo_dir) / name
-    if (target / presets.METADATA_FILE).exists() and not overwrite:
-        raise FileExistsError(
-            f"{target} already holds a preset; pass overwrite=True "
-            "(CLI: --overwrite) to retrain it."
-        )
-    epochs = epochs or task.epochs
+    target = presets.training_target(name, zoo_dir, overwrite)
+    epochs = presets.epochs_or_default(epochs, task.epochs)
     scope = backend.data_parallel(devices) if distribute else contextlib.nullcontext()
     with scope as engine:
         keras.utils.set_random_seed(seed)

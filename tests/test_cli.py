@@ -34,18 +34,47 @@ def test_evaluate_export_verify(tmp_path, capsys):
     assert "pixel_rows" in out and "class_probabilities" in out and "ok" in out
 
 
-def test_errors_exit_with_a_message(tmp_path):
-    with pytest.raises(SystemExit, match="verification failed"):
-        cli.main(["verify", str(tmp_path)])
-    with pytest.raises(SystemExit, match="Unknown model 'nothing_here'"):
-        cli.main(["evaluate", "nothing_here"])
-    (tmp_path / "lnlstm_digits").mkdir()
-    (tmp_path / "lnlstm_digits" / "metadata.json").write_text("{}")
-    with pytest.raises(SystemExit, match="already holds a preset"):
-        cli.main(["train", "lnlstm_digits", "--zoo", str(tmp_path)])
+def _fails(capsys, argv, code=1):
+    """Runs the CLI expecting a failure; returns its stderr, which is one line."""
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(argv)
+    assert exit_info.value.code == code, exit_info.value.code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err, err
+    return err
 
 
-def test_train_and_evaluate_a_learned_optimizer(tmp_path, capsys, monkeypatch):
+def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):
+    err = _fails(capsys, ["evaluate", "nothing_here"])
+    assert err.count("\n") == 1 and "Unknown model 'nothing_here'" in err
+    (tmp_path / "zoo" / "lnlstm_digits").mkdir(parents=True)
+    (tmp_path / "zoo" / "lnlstm_digits" / "metadata.json").write_text("{}")
+    err = _fails(capsys, ["train", "lnlstm_digits", "--zoo", str(tmp_path / "zoo")])
+    assert err.count("\n") == 1 and "already holds a preset" in err
+    # Invalid arguments: argparse's usage line and one error line, exit 2.
+    assert "must be an integer >= 1" in _fails(
+        capsys, ["train", "lnlstm_digits", "--epochs", "0"], code=2)
+    assert "must be an integer >= 1" in _fails(
+        capsys, ["export", "lnlstm_digits", "--version", "-5"], code=2)
+    # An OSError: the base directory is a file.
+    (tmp_path / "file").write_text("")
+    err = _fails(capsys, ["export", "lnlstm_digits", "--base-dir", str(tmp_path / "file")])
+    assert err.count("\n") == 1 and "kzoo export: error:" in err
+    # --debug shows the traceback instead.
+    with pytest.raises(ValueError, match="Unknown model"):
+        cli.main(["--debug", "evaluate", "nothing_here"])
+
+
+def test_verify_prints_one_line_per_failed_export(tmp_path, capsys):
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    err = _fails(capsys, ["verify", str(tmp_path / "a"), str(tmp_path / "b")],
+                 code="verification failed")
+    lines = [line for line in err.splitlines() if not line.startswith("verifying ")]
+    assert len(lines) == 2 and all("not a kzoo SavedModel export" in line for line in lines)
+
+
+def test_train_writes_to_the_user_zoo_and_list_says_it_shadows(tmp_path, capsys, monkeypatch):
     from kzoo.optimizers import LSTMOptimizer
     from kzoo.optimizers import meta
 
@@ -53,17 +82,22 @@ def test_train_and_evaluate_a_learned_optimizer(tmp_path, capsys, monkeypatch):
                                 trainer_args={**meta.PRESETS["lstm_optimizer_quadratic"]
                                               .trainer_args, "validation_problems": 8})
     monkeypatch.setitem(meta.PRESETS, "lstm_optimizer_quadratic", quick)
-    cli.main(["train", "lstm_optimizer_quadratic", "--epochs", "2", "--zoo", str(tmp_path),
+    monkeypatch.setenv("KZOO_ZOO", str(tmp_path / "user_zoo"))
+    cli.main(["train", "lstm_optimizer_quadratic", "--epochs", "2",
               "--log-dir", str(tmp_path / "tb")])
-    assert "test final_loss" in capsys.readouterr().out
-    preset = tmp_path / "lstm_optimizer_quadratic"
-    optimizer = LSTMOptimizer.from_preset(str(preset))
+    out = capsys.readouterr().out
+    preset = tmp_path / "user_zoo" / "lstm_optimizer_quadratic"
+    assert "test final_loss" in out and f"Wrote {preset}" in out and "shadows" in out
+    optimizer = LSTMOptimizer.from_preset("lstm_optimizer_quadratic")  # the user's, by name
     assert optimizer.preprocess is False and optimizer.output_scale == 1.0
-    monkeypatch.setenv("KZOO_ZOO", str(tmp_path))
     cli.main(["evaluate", "lstm_optimizer_quadratic"])
-    assert "yes" in capsys.readouterr().out
-    with pytest.raises(SystemExit, match="already holds a preset"):
-        cli.main(["train", "lstm_optimizer_quadratic", "--zoo", str(tmp_path)])
+    assert "yes" in capsys.readouterr().out  # matches the user preset's recorded loss
+    cli.main(["list"])
+    row = next(line for line in capsys.readouterr().out.splitlines()
+               if line.startswith("lstm_optimizer_quadratic"))
+    assert f"user: {preset} (SHADOWS the shipped preset)" in row
+    err = _fails(capsys, ["train", "lstm_optimizer_quadratic"])
+    assert "already holds a preset" in err
 
 
 def test_non_editable_install_loads_the_zoo(tmp_path):

@@ -138,7 +138,9 @@ def test_non_finite_gradients_skip_the_update_and_are_counted():
 def test_config_round_trip_and_state_shapes():
     optimizer = LSTMOptimizer.from_preset(PRESET, learning_rate=0.5)
     config = optimizer.get_config()
-    assert config["weights"] == PRESET and config["output_scale"] == 0.1
+    assert config["output_scale"] == 0.1 and config["learning_rate"] == 0.5
+    for carried, loaded in zip(config["weights"], learned.load_meta_parameters(PRESET)[0]):
+        np.testing.assert_array_equal(np.asarray(carried, "float32"), loaded)
     clone = LSTMOptimizer.from_config(json.loads(json.dumps(config)))
     assert clone.get_config() == config
     v = keras.Variable(np.zeros((5, 7), "float32"))
@@ -146,6 +148,64 @@ def test_config_round_trip_and_state_shapes():
     assert [tuple(s.shape) for s in clone._states[0]] == [(5, 7, 20)] * 4
     for p, q in zip(clone._initial_phi, optimizer._initial_phi):
         np.testing.assert_array_equal(p, q)
+
+
+def test_a_saved_model_loads_without_the_preset_directory(tmp_path):
+    shutil.copytree(presets.resolve(PRESET), tmp_path / "phi")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile(optimizer=LSTMOptimizer.from_preset(str(tmp_path / "phi")), loss="mse")
+    model.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0)
+    model.save(tmp_path / "m.keras")
+    shutil.rmtree(tmp_path / "phi")
+    restored = keras.saving.load_model(tmp_path / "m.keras")
+    for a, b in zip(restored.optimizer.meta_parameters, model.optimizer.meta_parameters):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), ops.convert_to_numpy(b))
+    restored.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"units": 0}, "units must be a positive int"),
+    ({"num_layers": -1}, "num_layers must be a positive int"),
+    ({"exponent": 0.0}, "exponent must be a finite number > 0"),
+    ({"output_scale": float("nan")}, "output_scale must be a finite number > 0"),
+    ({"learning_rate": -1.0}, "learning_rate must be a finite number > 0"),
+    ({"preprocess": "yes"}, "preprocess must be True or False"),
+    ({"weights": 3}, "weights must be None, a preset name"),
+])
+def test_bad_arguments_are_clear_value_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LSTMOptimizer(**kwargs)
+
+
+def test_a_gradient_of_the_wrong_shape_is_a_clear_error():
+    optimizer = LSTMOptimizer(units=4, num_layers=1)
+    variable = keras.Variable(np.zeros((2, 3), "float32"), name="w")
+    optimizer.build([variable])
+    with pytest.raises(ValueError, match="gradient of variable .*w.* has shape \\(3, 2\\)"):
+        optimizer.apply([np.zeros((3, 2), "float32")], [variable])
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: {**c, "learning_rate": 50.0}, "must hold exactly"),
+    (lambda c: {**c, "clipnorm": 1.0}, "must hold exactly"),
+    (lambda c: {k: v for k, v in c.items() if k != "units"}, "must hold exactly"),
+    (lambda c: {**c, "output_scale": -1.0}, "output_scale must be a finite number"),
+])
+def test_optimizer_presets_hold_only_their_architecture(tmp_path, edit, message):
+    copy = tmp_path / PRESET
+    shutil.copytree(presets.resolve(PRESET), copy)
+    config = copy / presets.CONFIG_FILE
+    config.write_text(json.dumps(edit(json.loads(config.read_text()))))
+    metadata = json.loads((copy / presets.METADATA_FILE).read_text())
+    metadata["sha256"][presets.CONFIG_FILE] = presets.sha256(config)  # a consistent edit
+    (copy / presets.METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(presets.PresetError, match=message):
+        LSTMOptimizer.from_preset(str(copy))
+    # Without the manifest update, the edit is a checksum mismatch.
+    metadata["sha256"][presets.CONFIG_FILE] = "0" * 64
+    (copy / presets.METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(presets.PresetError, match="checksum mismatch for config.json"):
+        LSTMOptimizer.from_preset(str(copy))
 
 
 def test_meta_parameters_that_do_not_fit_are_refused(tmp_path):

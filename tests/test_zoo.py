@@ -86,7 +86,7 @@ def test_wrong_builder_or_arguments_are_refused():
         applications.LNLSTMClassifier(weights="lstm_digits")
     with pytest.raises(applications.PresetError, match="units: preset 64 vs requested 32"):
         applications.LNLSTMClassifier(units=32, weights="lnlstm_digits")
-    with pytest.raises(applications.PresetError, match="No preset 'missing_preset'"):
+    with pytest.raises(applications.PresetError, match="No preset named 'missing_preset'"):
         applications.LNLSTMClassifier(weights="missing_preset")
 
 
@@ -125,8 +125,80 @@ def test_loading_uses_safe_mode(tmp_path):
     outputs = keras.layers.Lambda(lambda t: t * 2.0, name="double")(inputs)
     model = keras.Model(inputs, outputs)
     presets.save_preset(model, tmp_path / "unsafe", {"builder": "none"})
-    with pytest.raises(ValueError, match="(?i)unsafe|safe_mode"):
+    with pytest.raises(applications.PresetError, match=r"(?is)'.*unsafe'.*safe mode.*lambda"):
         presets.load_preset(tmp_path / "unsafe")
+
+
+def _rewrite(preset, file, edit):
+    """Edits a file of a preset copy (its manifest left as it was)."""
+    (preset / file).write_text(edit((preset / file).read_text()))
+
+
+def test_an_edited_config_is_refused(preset_copy):
+    _rewrite(preset_copy, presets.CONFIG_FILE, lambda t: t.replace('"softmax"', '"linear"'))
+    with pytest.raises(applications.PresetError, match="checksum mismatch for config.json"):
+        presets.load_preset(preset_copy)
+    with pytest.raises(applications.PresetError, match="checksum mismatch for config.json"):
+        applications.LNLSTMClassifier(weights=str(preset_copy))
+
+
+def test_files_outside_the_manifest_are_refused(preset_copy):
+    (preset_copy / "extra.bin").write_bytes(b"\0")
+    with pytest.raises(applications.PresetError, match="extra.bin not covered by the sha256"):
+        presets.load_preset(preset_copy)
+    (preset_copy / "extra.bin").unlink()
+    metadata = json.loads((preset_copy / presets.METADATA_FILE).read_text())
+    del metadata["sha256"][presets.CONFIG_FILE]
+    (preset_copy / presets.METADATA_FILE).write_text(json.dumps(metadata))
+    with pytest.raises(applications.PresetError, match="config.json not covered"):
+        presets.load_preset(preset_copy)
+
+
+def test_a_saved_preset_lists_every_file(tmp_path):
+    model = applications.get("lnlstm_digits")
+    presets.save_preset(model, tmp_path / "p", {"builder": "LNLSTMClassifier"})
+    manifest = presets.read_metadata(tmp_path / "p")[1]["sha256"]
+    assert sorted(manifest) == [presets.CONFIG_FILE, presets.WEIGHTS_FILE]
+
+
+def test_every_shipped_preset_has_a_full_manifest():
+    for name in presets.available_presets():
+        kind = json.loads((presets.resolve(name) / presets.METADATA_FILE).read_text()).get(
+            "kind", "model")
+        weights = presets.WEIGHTS_FILE if kind == "model" else "optimizer.weights.npz"
+        directory, metadata = presets.read_metadata(name, weights_file=weights, kind=kind)
+        assert presets.CONFIG_FILE in metadata["sha256"] and weights in metadata["sha256"]
+
+
+def test_a_bare_name_never_resolves_to_the_working_directory(tmp_path, monkeypatch):
+    lookalike = tmp_path / "lnlstm_digits"
+    shutil.copytree(presets.resolve("lnlstm_digits"), lookalike)
+    monkeypatch.chdir(tmp_path)
+    assert presets.resolve("lnlstm_digits") != lookalike
+    assert presets.resolve("lnlstm_digits").resolve() != lookalike.resolve()
+    assert presets.resolve("./lnlstm_digits").resolve() == lookalike.resolve()
+    with pytest.raises(applications.PresetError, match="No preset named 'not_in_zoo'"):
+        (tmp_path / "not_in_zoo").mkdir()
+        presets.resolve("not_in_zoo")
+    for path in ("./x", "../x", "~/x", "/abs/x", "a/b"):
+        assert presets.looks_like_path(path)
+    assert not presets.looks_like_path("lnlstm_digits")
+
+
+def test_a_user_preset_shadows_the_shipped_one(tmp_path, monkeypatch):
+    monkeypatch.setenv(presets.ZOO_ENV, str(tmp_path))
+    assert presets.locations("lnlstm_digits")[0][1] == "shipped"
+    shutil.copytree(presets.resolve("lnlstm_digits"), tmp_path / "lnlstm_digits")
+    found = presets.locations("lnlstm_digits")
+    assert [kind for _, kind in found] == ["user", "shipped"]
+    assert presets.resolve("lnlstm_digits") == tmp_path / "lnlstm_digits"
+    assert presets.training_target("x") == tmp_path / "x"
+    with pytest.raises(FileExistsError, match="already holds a preset"):
+        presets.training_target("lnlstm_digits")
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="epochs must be an integer >= 1"):
+            presets.epochs_or_default(bad, 40)
+    assert presets.epochs_or_default(None, 40) == 40
 
 
 def test_save_preset_never_overwrites_without_intent(tmp_path):

@@ -114,6 +114,34 @@ def resolve(preset):
     )
 
 
+def training_target(name, zoo_dir=None, overwrite=False):
+    """Where `kzoo train` writes the preset `name`: `zoo_dir/name`.
+
+    Args:
+        name: the preset name.
+        zoo_dir: the zoo to write to; default `user_zoo()`, which name
+            lookups search first, so `kzoo evaluate NAME` then finds it.
+        overwrite: allow replacing an existing preset there.
+
+    Raises:
+        FileExistsError: if a preset is there and `overwrite` is false.
+    """
+    target = Path(zoo_dir).expanduser() / name if zoo_dir else user_zoo() / name
+    if (target / METADATA_FILE).exists() and not overwrite:
+        raise FileExistsError(f"{target} already holds a preset; pass overwrite=True "
+                              "(CLI: --overwrite) to retrain it.")
+    return target
+
+
+def epochs_or_default(epochs, default):
+    """`epochs` if given (an int >= 1, else `ValueError`), or `default`."""
+    if epochs is None:
+        return default
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs must be an integer >= 1; got {epochs!r}.")
+    return epochs
+
+
 def sha256(path):
     """Hex sha256 of a file."""
     digest = hashlib.sha256()

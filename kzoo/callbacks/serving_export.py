@@ -6,6 +6,7 @@ import keras
 import numpy as np
 
 from kzoo.serving import export
+from kzoo.serving import exported_versions
 
 
 class ServingExport(keras.callbacks.Callback):
@@ -14,8 +15,17 @@ class ServingExport(keras.callbacks.Callback):
     At the end of each epoch the monitored value is compared with the best so
     far; on improvement the model is written with `kzoo.serving.export` to
     `base_dir/<name>/serving/<next version>/` (atomically, never overwriting
-    a version) and `base_dir/models.config` is regenerated, so a running TF
-    Serving instance that watches `base_dir` picks the new version up.
+    a version), the value is recorded beside it, and `base_dir/models.config`
+    is regenerated, so a running TF Serving instance that watches `base_dir`
+    picks the new version up.
+
+    TF Serving serves the highest version. So "the best so far" starts from
+    the value recorded for the highest version already in `base_dir`, not
+    from scratch: a second `fit` (a new callback, another process) publishes
+    only what beats what is being served. If that version has no recorded
+    value for `monitor` (exported some other way), training stops with a
+    `ValueError` rather than guess; pass `allow_worse=True` to publish
+    regardless.
 
     Args:
         base_dir: the serving base directory (what TF Serving mounts).
@@ -26,6 +36,8 @@ class ServingExport(keras.callbacks.Callback):
         sample_inputs: dict of input name to array recorded as the reference
             inputs of each export (see `kzoo.serving.export`).
         min_delta: the smallest change counted as an improvement.
+        allow_worse: compare only within this `fit`, ignoring the versions
+            already in `base_dir` (may publish a worse model).
         verbose: print a line per export.
 
     Attributes:
@@ -45,6 +57,7 @@ class ServingExport(keras.callbacks.Callback):
         name=None,
         sample_inputs=None,
         min_delta=0.0,
+        allow_worse=False,
         verbose=1,
     ):
         super().__init__()
@@ -61,11 +74,34 @@ class ServingExport(keras.callbacks.Callback):
         self.name = name
         self.sample_inputs = sample_inputs
         self.min_delta = abs(min_delta)
+        self.allow_worse = allow_worse
         self.verbose = verbose
         self.best = None
         self.exported = []
 
+    def on_train_begin(self, logs=None):
+        self.best = None
+        if self.allow_worse:
+            return
+        name = self.name or self.model.name
+        versions = exported_versions(self.base_dir, name)
+        if not versions:
+            return
+        served = max(versions)
+        if self.monitor not in versions[served]:
+            raise ValueError(
+                f"ServingExport: {self.base_dir}/{name}/serving/{served}, the version TF "
+                f"Serving serves, has no recorded {self.monitor!r}, so a new export cannot "
+                "be shown to be better; pass allow_worse=True to publish regardless."
+            )
+        self.best = versions[served][self.monitor]
+        if self.verbose:
+            print(f"ServingExport: version {served} is served with {self.monitor} = "
+                  f"{self.best:.5g}; exporting only what beats it.", file=sys.stderr)
+
     def _improved(self, value):
+        if not np.isfinite(value):  # a NaN/inf score never publishes a model
+            return False
         if self.best is None:
             return True
         if self.mode == "min":
@@ -85,7 +121,8 @@ class ServingExport(keras.callbacks.Callback):
             return
         self.best = value
         path = export(
-            self.model, self.base_dir, name=self.name, sample_inputs=self.sample_inputs
+            self.model, self.base_dir, name=self.name, sample_inputs=self.sample_inputs,
+            metrics={self.monitor: value},
         )
         self.exported.append(path)
         if self.verbose:

@@ -17,9 +17,12 @@ prepared locally (e.g. `oxford_iiit_pet`).
 """
 
 import os
+from pathlib import Path
 
 import numpy as np
+import tensorflow as tf
 import tensorflow_datasets as tfds
+from google.protobuf.message import DecodeError
 
 NAME = "kzoo_texture_scenes"
 CLASSES = ("background", "brick", "grass", "gravel", "horse")
@@ -156,11 +159,25 @@ def load(split, directory=None):
     """
     if split not in SPLITS:
         raise ValueError(f"{NAME}: unknown split {split!r}; use one of {tuple(SPLITS)}.")
-    builder = KzooTextureScenes(data_dir=directory or data_dir())
-    builder.download_and_prepare()
-    data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    directory = directory or data_dir()
+    try:
+        builder = KzooTextureScenes(data_dir=directory)
+        builder.download_and_prepare()
+        data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
+    except (tf.errors.OpError, DecodeError, OSError, ValueError, KeyError) as e:
+        cache = Path(directory) / NAME
+        raise DatasetCacheError(
+            f"{NAME}: the prepared data set in {cache} is unreadable "
+            f"({type(e).__name__}: {' '.join(str(e).split())[:200]}). Rebuild it: "
+            f"rm -rf {cache} and run the command again (it is regenerated locally, "
+            "in about a minute), or set KZOO_DATA_DIR to another directory."
+        ) from e
     return (data["image"].astype("float32") / 255.0,
             data["segmentation_mask"][..., 0].astype("int32"))
+
+
+class DatasetCacheError(OSError):
+    """A locally prepared TFDS data set is corrupt; the message says how to rebuild it."""
 
 
 def load_tfds_segmentation(name, split, image_size=IMAGE_SIZE, directory=None,

@@ -26,6 +26,7 @@ This module holds the whole optimizer:
 
 import json
 import math
+import os
 
 import keras
 import numpy as np
@@ -203,10 +204,46 @@ def save_meta_parameters(directory, phi, architecture, metadata, overwrite=False
                                 overwrite=overwrite)
 
 
+ARCHITECTURE_KEYS = ("units", "num_layers", "preprocess", "exponent", "output_scale")
+
+
+def check_architecture(units, num_layers, preprocess, exponent, output_scale):
+    """Raises `ValueError` unless the arguments describe a valid optimizer network."""
+    for name, value in (("units", units), ("num_layers", num_layers)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise ValueError(f"LSTMOptimizer: {name} must be a positive int; got {value!r}.")
+    if not isinstance(preprocess, (bool, np.bool_)):
+        raise ValueError(f"LSTMOptimizer: preprocess must be True or False; got {preprocess!r}.")
+    for name, value in (("exponent", exponent), ("output_scale", output_scale)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
+                or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"LSTMOptimizer: {name} must be a finite number > 0; "
+                             f"got {value!r}.")
+
+
 def load_meta_parameters(preset):
-    """Reads a verified learned-optimizer preset: `(phi, architecture)`."""
+    """Reads a verified learned-optimizer preset: `(phi, architecture)`.
+
+    The preset's `config.json` must hold exactly `ARCHITECTURE_KEYS`: a
+    learning rate, clipping or any other optimizer argument recorded there
+    is refused (`PresetError`), as is a missing or invalid key.
+    """
     directory, _ = presets.read_metadata(preset, weights_file=PHI_FILE, kind="optimizer")
-    architecture = json.loads((directory / presets.CONFIG_FILE).read_text())
+    label = f"Preset {str(preset)!r} ({directory})"
+    try:
+        architecture = json.loads((directory / presets.CONFIG_FILE).read_text())
+    except ValueError as e:
+        raise presets.PresetError(f"{label}: unreadable {presets.CONFIG_FILE} ({e}).") from e
+    if not isinstance(architecture, dict) or set(architecture) != set(ARCHITECTURE_KEYS):
+        keys = sorted(architecture) if isinstance(architecture, dict) else architecture
+        raise presets.PresetError(
+            f"{label}: {presets.CONFIG_FILE} must hold exactly {', '.join(ARCHITECTURE_KEYS)}; "
+            f"got {keys}."
+        )
+    try:
+        check_architecture(**architecture)
+    except ValueError as e:
+        raise presets.PresetError(f"{label}: {e}") from e
     with np.load(directory / PHI_FILE, allow_pickle=False) as arrays:
         names = [n for n, _ in meta_parameter_shapes(architecture["units"],
                                                      architecture["num_layers"],
@@ -251,8 +288,10 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
         **kwargs: other `keras.optimizers.Optimizer` arguments (`clipnorm`,
             `name`, ...).
 
-    When `weights` names a preset, the architecture arguments default to the
-    preset's. Use `from_preset` for the common case.
+    Use `from_preset` to take the architecture from a preset. `get_config`
+    carries `phi` itself, so a `.keras` file of a model compiled with this
+    optimizer loads without the preset. Every invalid argument is a
+    `ValueError` naming it.
 
     Example:
 
@@ -263,19 +302,37 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
     def __init__(self, weights=None, units=20, num_layers=2, preprocess=True,
                  exponent=10.0, output_scale=1.0, learning_rate=1.0, seed=0,
                  name="lstm_optimizer", **kwargs):
+        check_architecture(units, num_layers, preprocess, exponent, output_scale)
+        if not callable(learning_rate) and not isinstance(learning_rate, (int, float)):
+            raise ValueError(f"LSTMOptimizer: learning_rate must be a number or a schedule; "
+                             f"got {learning_rate!r}.")
+        if isinstance(learning_rate, (int, float)) and not (
+                math.isfinite(learning_rate) and learning_rate > 0):
+            raise ValueError(f"LSTMOptimizer: learning_rate must be a finite number > 0; "
+                             f"got {learning_rate!r}.")
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.units, self.num_layers = int(units), int(num_layers)
         self.preprocess, self.exponent = bool(preprocess), float(exponent)
         self.output_scale, self.seed = float(output_scale), seed
-        self.weights_source = weights if isinstance(weights, str) else None
         if weights is None:
             phi = initial_meta_parameters(self.units, self.num_layers, self.preprocess, seed)
-        elif isinstance(weights, str):
+        elif isinstance(weights, (str, os.PathLike)):
             phi, _ = load_meta_parameters(weights)
+        elif isinstance(weights, (list, tuple)):
+            try:
+                phi = [np.asarray(v, "float32") for v in weights]
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"LSTMOptimizer: weights must be arrays; {e}") from e
         else:
-            phi = [np.asarray(v, "float32") for v in weights]
+            raise ValueError(
+                "LSTMOptimizer: weights must be None, a preset name or directory, or a list "
+                f"of arrays ordered as in meta_parameter_shapes(); got {type(weights).__name__}."
+            )
         check_meta_parameters(phi, self.units, self.num_layers, self.preprocess,
-                              source=repr(weights) if isinstance(weights, str) else "weights")
+                              source=repr(str(weights)) if isinstance(weights, (str, os.PathLike))
+                              else "weights")
+        if not all(np.all(np.isfinite(v)) for v in phi):
+            raise ValueError("LSTMOptimizer: the meta-parameters phi have non-finite entries.")
         self._initial_phi = phi
 
     @classmethod
@@ -311,6 +368,12 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
             ])
 
     def update_step(self, gradient, variable, learning_rate):
+        if tuple(gradient.shape) != tuple(variable.shape):
+            raise ValueError(
+                f"LSTMOptimizer: the gradient of variable "
+                f"{getattr(variable, 'path', variable.name)!r} has shape "
+                f"{tuple(gradient.shape)}; the variable has shape {tuple(variable.shape)}."
+            )
         state_vars = self._states[self._get_variable_index(variable)]
         gradient = ops.cast(gradient, "float32")
         finite = ops.all(ops.isfinite(gradient))
@@ -329,8 +392,12 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
 
     def get_config(self):
         config = super().get_config()
+        # phi itself, as nested lists (float32 round-trips exactly through
+        # JSON): a saved model loads without the preset it came from.
+        phi = ([ops.convert_to_numpy(p) for p in self.meta_parameters] if self.built
+               else self._initial_phi)
         config.update({
-            "weights": self.weights_source,
+            "weights": [np.asarray(p, "float32").tolist() for p in phi],
             "units": self.units,
             "num_layers": self.num_layers,
             "preprocess": self.preprocess,

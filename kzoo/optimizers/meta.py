@@ -18,7 +18,6 @@ TensorFlow, JAX and PyTorch.
 import dataclasses
 import sys
 import time
-from pathlib import Path
 
 import keras
 import numpy as np
@@ -335,13 +334,14 @@ PRESETS = {
 }
 
 
-def train_preset(name, zoo_dir="saved_models", epochs=None, overwrite=False, seed=0,
+def train_preset(name, zoo_dir=None, epochs=None, overwrite=False, seed=0,
                  log_dir=None, verbose=1):
     """Meta-trains a registered learned optimizer and saves it to the zoo.
 
     Args:
         name: a key of `PRESETS`.
-        zoo_dir: the zoo directory; the preset goes to `zoo_dir/name`.
+        zoo_dir: the zoo directory; the preset goes to `zoo_dir/name`
+            (default: the user's zoo, `kzoo.applications.presets.user_zoo()`).
         epochs: maximum epochs (default: the preset's).
         overwrite: replace an existing preset.
         seed: seed of `phi`'s initialization and the training problems.
@@ -355,11 +355,8 @@ def train_preset(name, zoo_dir="saved_models", epochs=None, overwrite=False, see
         raise ValueError(f"Unknown learned optimizer {name!r}; registered: "
                          f"{', '.join(sorted(PRESETS))}.")
     entry = PRESETS[name]
-    target = Path(zoo_dir) / name
-    if (target / presets.METADATA_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{target} already holds a preset; pass overwrite=True "
-                              "(CLI: --overwrite) to retrain it.")
-    epochs = epochs or entry.epochs
+    target = presets.training_target(name, zoo_dir, overwrite)
+    epochs = presets.epochs_or_default(epochs, entry.epochs)
     keras.utils.set_random_seed(seed)
     trainer = MetaTrainer(problems.FAMILIES[entry.family](), seed=seed, **entry.trainer_args)
     start = time.time()

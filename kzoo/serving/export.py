@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import keras
@@ -38,7 +39,20 @@ _GENERIC_NAME = re.compile(r"^(keras_tensor|input|inputs|args|output)(_\d+)?$")
 
 
 class VerificationError(AssertionError):
-    """A SavedModel export does not behave like the Keras model it came from."""
+    """A SavedModel export does not behave like the Keras model it came from.
+
+    `str(error)` is one line (the last error); `error.detail` has all of it
+    (every problem, or the TensorFlow process' stderr).
+    """
+
+    def __init__(self, message, detail=None):
+        super().__init__(message)
+        self.detail = detail or message
+
+
+def _last_line(text):
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else "(no output)"
 
 
 def _signature_specs(model):
@@ -115,10 +129,22 @@ def _export_in_tensorflow_process(model, path):
             text=True,
         )
     if result.returncode != 0:
-        raise RuntimeError(
-            f"TensorFlow export subprocess failed (exit {result.returncode}):\n"
-            f"{result.stderr[-4000:]}"
+        raise ExportError(
+            f"the TensorFlow export process failed (exit {result.returncode}): "
+            f"{_last_line(result.stderr)}",
+            detail=result.stderr,
         )
+
+
+class ExportError(RuntimeError):
+    """The TensorFlow process that writes a SavedModel failed.
+
+    `str(error)` is one line (its last error); `error.detail` its stderr.
+    """
+
+    def __init__(self, message, detail=None):
+        super().__init__(message)
+        self.detail = detail or message
 
 
 def next_version(serving_dir):
@@ -127,35 +153,59 @@ def next_version(serving_dir):
     return max(versions, default=0) + 1
 
 
+STALE_AFTER_S = 3600
+
+
+def remove_stale_exports(serving_dir, older_than_s=STALE_AFTER_S):
+    """Removes the `.export-*` temporaries a killed export left behind.
+
+    An export writes into `serving/.export-*` and renames it into place; a
+    process killed in between leaves the temporary. Those older than
+    `older_than_s` seconds (so never one a running export is writing) are
+    removed. Returns the removed paths.
+    """
+    removed = []
+    now = time.time()
+    for tmp in Path(serving_dir).glob(".export-*"):
+        if tmp.is_dir() and now - tmp.stat().st_mtime > older_than_s:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
+
+
 def write_models_config(base_dir, serving_root="/models"):
     """Regenerates `base_dir/models.config` for TF Serving.
 
     Lists every `base_dir/<name>/serving/` that holds a version, with
     `base_path` as seen inside the serving container when `base_dir` is
-    mounted at `serving_root`.
+    mounted at `serving_root`. The file is built with TF Serving's own
+    protobuf (`ModelServerConfig` from `tensorflow-serving-api`) and written
+    in its text format, so names and paths are escaped as TF Serving reads
+    them.
     """
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
     base_dir = Path(base_dir)
     names = sorted(
         p.parent.name
         for p in base_dir.glob("*/serving")
         if any(v.name.isdigit() for v in p.iterdir())
     )
-    entries = "".join(
-        "  config {\n"
-        f'    name: "{name}"\n'
-        f'    base_path: "{serving_root}/{name}/serving"\n'
-        '    model_platform: "tensorflow"\n'
-        "  }\n"
-        for name in names
-    )
-    text = "model_config_list {\n" + entries + "}\n"
+    config = model_server_config_pb2.ModelServerConfig()
+    for name in names:
+        model = config.model_config_list.config.add()
+        model.name = name
+        model.base_path = f"{serving_root.rstrip('/')}/{name}/serving"
+        model.model_platform = "tensorflow"
     tmp = base_dir / f".{MODELS_CONFIG}.tmp"
-    tmp.write_text(text)
+    tmp.write_text(text_format.MessageToString(config))
     os.replace(tmp, base_dir / MODELS_CONFIG)
     return base_dir / MODELS_CONFIG
 
 
-def export(model, base_dir="saved_models", version=None, name=None, sample_inputs=None):
+def export(model, base_dir="saved_models", version=None, name=None, sample_inputs=None,
+           metrics=None):
     """Exports a Keras model for TF Serving.
 
     Writes `base_dir/<name>/serving/<version>/` atomically (a temporary
@@ -169,6 +219,9 @@ def export(model, base_dir="saved_models", version=None, name=None, sample_input
         name: serving model name; default `model.name`.
         sample_inputs: dict of input name to array used as reference inputs
             for `verify`; default: random inputs of the signature's shapes.
+        metrics: optional dict of metric values recorded beside the version
+            (`assets.extra/kzoo_export.json`), e.g. the validation score that
+            made `ServingExport` publish it.
 
     Returns:
         The `Path` of the new version directory.
@@ -197,8 +250,12 @@ def export(model, base_dir="saved_models", version=None, name=None, sample_input
         raise ValueError(f"export: sample_inputs lacks inputs {sorted(missing)}.")
     reference = _run_model(model, sample_inputs)
 
+    if version is not None and (isinstance(version, bool) or int(version) != version
+                                or int(version) < 1):
+        raise ValueError(f"export: version must be an integer >= 1; got {version!r}.")
     serving_dir = Path(base_dir) / name / "serving"
     serving_dir.mkdir(parents=True, exist_ok=True)
+    remove_stale_exports(serving_dir)
     version = next_version(serving_dir) if version is None else int(version)
     final = serving_dir / str(version)
     if final.exists():
@@ -225,6 +282,7 @@ def export(model, base_dir="saved_models", version=None, name=None, sample_input
             "outputs": list(reference),
             "source_backend": keras.backend.backend(),
             "keras_version": keras.__version__,
+            "metrics": {k: float(v) for k, v in (metrics or {}).items()},
         }
         (extra / EXPORT_INFO_FILE).write_text(json.dumps(info, indent=2) + "\n")
         try:
@@ -293,7 +351,8 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
         A `VerifyReport`.
 
     Raises:
-        VerificationError: listing every problem found.
+        VerificationError: one line with the last problem found; its
+            `detail` lists every problem.
     """
     path = Path(path)
     reference_file = path / EXTRA_DIR / REFERENCE_FILE
@@ -313,7 +372,8 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
         if result.returncode != 0:
             raise VerificationError(
                 f"verify: the TensorFlow process failed on {path} "
-                f"(exit {result.returncode}):\n{result.stderr[-4000:]}"
+                f"(exit {result.returncode}): {_last_line(result.stderr)}",
+                detail=result.stderr,
             )
         worker = json.loads(result.stdout.strip().splitlines()[-1])
         with np.load(out_file) as served_npz:
@@ -358,6 +418,21 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
     )
     if problems:
         raise VerificationError(
-            f"verify: {path} failed:\n- " + "\n- ".join(problems)
+            f"verify: {path} failed: {problems[-1]}"
+            + (f" (and {len(problems) - 1} more problems)" if len(problems) > 1 else ""),
+            detail=f"verify: {path} failed:\n- " + "\n- ".join(problems),
         )
     return report
+
+
+def exported_versions(base_dir, name):
+    """`{version: recorded metrics}` of a model's exports in `base_dir`."""
+    versions = {}
+    for path in (Path(base_dir) / name / "serving").glob("*"):
+        if path.name.isdigit():
+            info_file = path / EXTRA_DIR / EXPORT_INFO_FILE
+            try:
+                versions[int(path.name)] = json.loads(info_file.read_text()).get("metrics", {})
+            except (OSError, ValueError):
+                versions[int(path.name)] = {}
+    return versions
