@@ -76,3 +76,18 @@ def test_texture_patch_splits_use_disjoint_tiles_and_are_balanced():
     np.testing.assert_array_equal(x, again)
     with pytest.raises(ValueError, match="unknown split 'dev'"):
         texture_patches.load("dev")
+
+
+def test_a_corrupt_tfds_cache_names_the_directory_and_the_rebuild(tmp_path):
+    from kzoo.datasets import texture_scenes
+
+    version = texture_scenes.KzooTextureScenes(data_dir=str(tmp_path / "probe")).version
+    prepared = tmp_path / texture_scenes.NAME / str(version)
+    prepared.mkdir(parents=True)
+    for name in ("dataset_info.json", "features.json"):
+        (prepared / name).write_text("{truncated")
+    with pytest.raises(texture_scenes.DatasetCacheError) as error:
+        texture_scenes.load("test", directory=str(tmp_path))
+    message = str(error.value)
+    assert f"rm -rf {tmp_path / texture_scenes.NAME}" in message and "KZOO_DATA_DIR" in message
+    assert isinstance(error.value, OSError)  # the CLI reports it as one line

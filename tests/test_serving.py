@@ -188,8 +188,61 @@ def test_serving_export_callback_rejects_bad_arguments(tmp_path):
         _trained_classifier(callbacks=[export_cb])
 
 
-def test_models_config_lists_only_models_with_versions(tmp_path):
+def test_models_config_is_tf_servings_own_protobuf(tmp_path):
+    from google.protobuf import text_format
+    from tensorflow_serving.config import model_server_config_pb2
+
     (tmp_path / "empty" / "serving").mkdir(parents=True)
     (tmp_path / "a" / "serving" / "3").mkdir(parents=True)
-    text = serving.write_models_config(tmp_path).read_text()
-    assert 'name: "a"' in text and "empty" not in text
+    (tmp_path / 'q"uote' / "serving" / "1").mkdir(parents=True)
+    text = serving.write_models_config(tmp_path, serving_root="/srv/").read_text()
+    config = text_format.Parse(text, model_server_config_pb2.ModelServerConfig())
+    models = {m.name: m.base_path for m in config.model_config_list.config}
+    assert models == {"a": "/srv/a/serving", 'q"uote': '/srv/q"uote/serving'}
+
+
+def test_stale_export_temporaries_are_removed(tmp_path):
+    import importlib
+    import os
+    import time
+
+    model, _ = _trained_classifier()
+    serving_dir = tmp_path / "tiny_digits" / "serving"
+    stale, fresh = serving_dir / ".export-killed", serving_dir / ".export-running"
+    for tmp in (stale, fresh):
+        (tmp / "model").mkdir(parents=True)
+    hours_ago = time.time() - 2 * importlib.import_module("kzoo.serving.export").STALE_AFTER_S
+    os.utime(stale, (hours_ago, hours_ago))
+    serving.export(model, tmp_path)
+    assert not stale.exists() and fresh.exists()  # never one an export may be writing
+    with pytest.raises(ValueError, match="version must be an integer >= 1"):
+        serving.export(model, tmp_path, version=-5)
+
+
+def test_serving_export_never_publishes_below_the_served_version(tmp_path):
+    x_val, y_val = digits.load("validation")
+    first = callbacks.ServingExport(tmp_path, verbose=0)
+    model, _ = _trained_classifier(epochs=3, validation_data=(x_val, y_val), callbacks=[first])
+    served = serving.exported_versions(tmp_path, "tiny_digits")
+    assert served[max(served)]["val_loss"] == first.best
+    # A second, worse run (fresh weights, one epoch, fresh callback): nothing new.
+    second = callbacks.ServingExport(tmp_path, verbose=0)
+    _trained_classifier(epochs=1, validation_data=(x_val, y_val), callbacks=[second])
+    assert second.exported == [] and serving.exported_versions(tmp_path, "tiny_digits") == served
+    # Told to, it publishes within its own run.
+    forced = callbacks.ServingExport(tmp_path, verbose=0, allow_worse=True)
+    _trained_classifier(epochs=1, validation_data=(x_val, y_val), callbacks=[forced])
+    assert len(forced.exported) == 1
+    # A served version without a recorded score: refuse to guess.
+    (tmp_path / "other" / "serving" / "1").mkdir(parents=True)
+    unknown = callbacks.ServingExport(tmp_path, name="other", verbose=0)
+    with pytest.raises(ValueError, match="has no recorded 'val_loss'"):
+        _trained_classifier(validation_data=(x_val, y_val), callbacks=[unknown])
+
+
+def test_a_non_finite_score_is_never_published(tmp_path):
+    export_cb = callbacks.ServingExport(tmp_path, monitor="loss", verbose=0)
+    export_cb.set_model(_trained_classifier()[0])
+    export_cb.on_train_begin()
+    export_cb.on_epoch_end(0, {"loss": float("nan")})
+    assert export_cb.exported == []

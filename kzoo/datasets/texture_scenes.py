@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
+from google.protobuf.json_format import ParseError
 from google.protobuf.message import DecodeError
 
 NAME = "kzoo_texture_scenes"
@@ -164,7 +165,7 @@ def load(split, directory=None):
         builder = KzooTextureScenes(data_dir=directory)
         builder.download_and_prepare()
         data = tfds.as_numpy(builder.as_dataset(split=split, batch_size=-1))
-    except (tf.errors.OpError, DecodeError, OSError, ValueError, KeyError) as e:
+    except (tf.errors.OpError, DecodeError, ParseError, OSError, ValueError, KeyError) as e:
         cache = Path(directory) / NAME
         raise DatasetCacheError(
             f"{NAME}: the prepared data set in {cache} is unreadable "
