@@ -23,10 +23,31 @@ Layers that clamp instead (e.g. `LogEig` floors eigenvalues at
 `min_eigenvalue`) say so in their docstrings.
 """
 
+import keras
 import numpy as np
 from keras import ops
 
 from kzoo import backend
+
+
+def check_nonempty(layer, x, axes, what):
+    """Raises `ValueError` if one of `x`'s static `axes` has size 0.
+
+    An empty batch is fine (an empty answer); an example with no time steps
+    or no pixels has no meaningful output.
+    """
+    shape = tuple(x.shape)
+    if any(shape[axis] == 0 for axis in axes):
+        raise ValueError(
+            f"Layer {layer.name!r} ({type(layer).__name__}) expects {what}; got shape {shape}."
+        )
+
+
+def float_inputs(layer, x):
+    """`x`, cast to the layer's compute dtype if it is not floating (int images)."""
+    if keras.backend.is_float_dtype(x.dtype):
+        return x
+    return ops.cast(x, layer.compute_dtype)
 
 
 def finite_examples(x):
@@ -34,7 +55,7 @@ def finite_examples(x):
     finite = ops.isfinite(x)
     if len(x.shape) == 1:
         return finite
-    return ops.all(ops.reshape(finite, (ops.shape(x)[0], -1)), axis=-1)
+    return ops.all(finite, axis=tuple(range(1, len(x.shape))))
 
 
 def enforce(layer, valid, expected):

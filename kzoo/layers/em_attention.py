@@ -170,8 +170,11 @@ class _EMModule(keras.layers.Layer):
         return self.gamma
 
     def call(self, inputs, training=False):
+        contracts.check_nonempty(self, inputs, (1, 2), "at least one pixel")
+        inputs = contracts.float_inputs(self, inputs)
         shape = ops.shape(inputs)
-        x = ops.reshape(self.conv_in(inputs), (shape[0], -1, shape[-1]))
+        pixels = -1 if None in inputs.shape[1:3] else inputs.shape[1] * inputs.shape[2]
+        x = ops.reshape(self.conv_in(inputs), (shape[0], pixels, shape[-1]))
         # A copy: the running-mean update below assigns the variable in place,
         # which PyTorch's autograd would otherwise see through this tensor.
         mu0 = ops.copy(ops.cast(self.bases, x.dtype))

@@ -29,6 +29,8 @@ from keras import regularizers
 # this mixin; it has no public export.
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 
+from kzoo.layers import contracts
+
 
 def layer_norm(x, gamma, beta, epsilon=1e-3):
     """Layer normalization over the last axis of `x`.
@@ -660,6 +662,11 @@ class _LayerNormRNN(keras.layers.RNN):
         )
         super().__init__(cell, **kwargs)
         self.input_spec = keras.layers.InputSpec(ndim=3)
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        contracts.check_nonempty(self, sequences, (1,), "at least one time step")
+        return super().call(sequences, initial_state=initial_state, mask=mask,
+                            training=training)
 
     @property
     def units(self):

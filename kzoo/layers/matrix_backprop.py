@@ -60,11 +60,11 @@ def valid_symmetric(matrix):
     Symmetric means `max |X − Xᵀ| <= 100 √eps · max |X|` for the dtype's eps.
     Computed on the device, without a host copy.
     """
-    matrix = ops.convert_to_tensor(matrix)
+    matrix = _as_float(matrix)
     finite = ops.all(ops.isfinite(matrix), axis=(-2, -1))
     safe = ops.where(ops.isfinite(matrix), matrix, ops.zeros_like(matrix))
-    scale = ops.max(ops.abs(safe), axis=(-2, -1))
-    asymmetry = ops.max(ops.abs(safe - ops.swapaxes(safe, -1, -2)), axis=(-2, -1))
+    scale = ops.max(ops.abs(safe), axis=(-2, -1), initial=0.0)  # initial: empty batches
+    asymmetry = ops.max(ops.abs(safe - ops.swapaxes(safe, -1, -2)), axis=(-2, -1), initial=0.0)
     eps = float(np.finfo(keras.backend.standardize_dtype(matrix.dtype)).eps)
     return finite & (asymmetry <= 100.0 * eps ** 0.5 * _floor(scale, 1e-30))
 
@@ -243,7 +243,8 @@ def covariance_pooling(features, epsilon=1e-3, center=True):
     """
     features = _as_float(features)
     channels = features.shape[-1]
-    flat = ops.reshape(features, (ops.shape(features)[0], -1, channels))
+    positions = -1 if None in features.shape[1:-1] else math.prod(features.shape[1:-1])
+    flat = ops.reshape(features, (ops.shape(features)[0], positions, channels))
     if center:
         flat = flat - ops.mean(flat, axis=1, keepdims=True)
     positions = ops.cast(ops.shape(flat)[1], flat.dtype)
@@ -403,6 +404,8 @@ class SecondOrderPooling(keras.layers.Layer):
         _check_features(self, input_shape)
 
     def call(self, inputs):
+        contracts.check_nonempty(self, inputs, range(1, len(inputs.shape) - 1),
+                                 "at least one position")
         return covariance_pooling(inputs, self.epsilon, self.center)
 
     def compute_output_shape(self, input_shape):
@@ -438,7 +441,7 @@ class _SpectralLayer(keras.layers.Layer):
 
     def _checked_input(self, inputs):
         contracts.enforce(self, valid_symmetric(inputs), "finite, symmetric matrices")
-        return inputs
+        return _as_float(inputs)
 
     def get_config(self):
         return {**super().get_config(), "check_values": self.check_values}
@@ -576,8 +579,9 @@ class UpperTriangle(keras.layers.Layer):
         check_values: raise a `ValueError` on invalid matrices in eager calls
             (`kzoo.layers.contracts`); their outputs are NaN either way.
 
-    Contract: `(batch, n, n)` symmetric matrices (an asymmetric one would
-    lose its lower triangle silently, so it is an error / NaN instead).
+    Contract: `(batch, n, n)` finite, symmetric matrices (an asymmetric one,
+    or a NaN below the diagonal, would be lost silently, so it is an error /
+    NaN instead).
 
     Example:
 
@@ -594,10 +598,11 @@ class UpperTriangle(keras.layers.Layer):
         _check_square_batch(self, input_shape)
 
     def call(self, inputs):
-        # Finite values propagate as they are; asymmetry would be dropped silently.
-        symmetric = valid_symmetric(inputs) | ~contracts.finite_examples(inputs)
+        if not keras.backend.is_float_dtype(inputs.dtype):
+            inputs = ops.cast(inputs, self.compute_dtype)
+        # An asymmetric matrix, or a NaN below the diagonal, would be dropped silently.
         return contracts.checked(self, upper_triangle(inputs, self.scale_off_diagonal),
-                                 symmetric, "symmetric matrices")
+                                 valid_symmetric(inputs), "finite, symmetric matrices")
 
     def compute_output_shape(self, input_shape):
         n = input_shape[-1]
@@ -653,7 +658,7 @@ class NormalizedCut(keras.layers.Layer):
 
     def call(self, inputs):
         positions = math.prod(inputs.shape[1:-1])
-        features = ops.reshape(inputs, (-1, positions, inputs.shape[-1]))
+        features = ops.reshape(inputs, (ops.shape(inputs)[0], positions, inputs.shape[-1]))
         valid = contracts.finite_examples(features)
         contracts.enforce(self, valid, "finite features")
         features = ops.where(valid[:, None, None], features, ops.zeros_like(features))

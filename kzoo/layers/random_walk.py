@@ -519,11 +519,20 @@ class RandomWalk(keras.layers.Layer):
 
     def call(self, inputs):
         potentials, affinities = inputs
+        contracts.check_nonempty(self, potentials, (1, 2), "at least one pixel")
+        if None not in (*potentials.shape[1:3], *affinities.shape[1:3]) and \
+                tuple(potentials.shape[1:3]) != tuple(affinities.shape[1:3]):
+            raise ValueError(
+                f"Layer {self.name!r} (RandomWalk): potentials and affinities must have the "
+                f"same height and width; got {tuple(potentials.shape)} and "
+                f"{tuple(affinities.shape)}."
+            )
+        if not keras.backend.is_float_dtype(potentials.dtype):
+            potentials = ops.cast(potentials, self.compute_dtype)
         affinities = ops.cast(affinities, potentials.dtype)
         # A transition matrix needs finite, non-negative affinities; a negative
         # one would make rows that sum to 1 with negative "probabilities".
-        valid = contracts.finite_examples(affinities) & ops.all(
-            ops.reshape(affinities >= 0, (ops.shape(affinities)[0], -1)), axis=-1)
+        valid = contracts.finite_examples(affinities) & ops.all(affinities >= 0, axis=(1, 2, 3))
         contracts.enforce(self, valid, "finite, non-negative affinities")
         affinities = ops.where(valid[:, None, None, None], affinities,
                                ops.zeros_like(affinities))

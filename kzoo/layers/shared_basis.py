@@ -23,6 +23,8 @@ import zlib
 import keras
 from keras import ops
 
+from kzoo.layers import contracts
+
 
 def _check_images(layer, input_shape):
     if len(input_shape) != 4 or input_shape[-1] is None:
@@ -116,6 +118,9 @@ class FilterBasis(keras.layers.Layer):
         self.input_spec = keras.InputSpec(ndim=4, axes={-1: input_shape[-1]})
 
     def call(self, inputs, strides=1):
+        inputs = contracts.float_inputs(self, inputs)
+        if 0 in tuple(inputs.shape):  # TensorFlow's CPU conv gets empty shapes wrong
+            return ops.zeros(self.compute_output_spec(inputs, strides).shape, self.compute_dtype)
         return ops.conv(inputs, self.kernel, strides=strides, padding="same")
 
     def compute_output_spec(self, inputs, strides=1):
@@ -225,6 +230,9 @@ class SharedBasisConv2D(keras.layers.Layer):
         self.input_spec = keras.InputSpec(ndim=4, axes={-1: input_shape[-1]})
 
     def call(self, inputs):
+        inputs = contracts.float_inputs(self, inputs)
+        if 0 in tuple(inputs.shape):  # an empty batch or image: an empty answer
+            return ops.zeros(self.compute_output_shape(inputs.shape), self.compute_dtype)
         # The basis may run under another dtype policy than this layer.
         responses = ops.cast(self.basis(inputs, strides=self.strides), self.compute_dtype)
         outputs = ops.matmul(responses, self.coefficients)

@@ -18,6 +18,8 @@ what Keras' GRU computes (on TensorFlow with a GPU, the cuDNN kernel included).
 import keras
 from keras import ops
 
+from kzoo.layers import contracts
+
 DEFAULT_MAX_SINGULAR_VALUE = 2.0
 
 
@@ -130,8 +132,14 @@ class StableGRU(keras.layers.GRU):
     Args:
         units: dimensionality of the state.
         max_singular_value: threshold on σ_max(U_h) (default 2).
+        check_values: raise a `ValueError` on non-finite sequences in eager
+            calls (`kzoo.layers.contracts`); their outputs are NaN either way.
         **kwargs: the arguments of `keras.layers.GRU` except
             `recurrent_constraint`.
+
+    Contract: `(batch, time, features)`, at least one step, features fixed at
+    build, finite values (Keras' GRU would saturate an inf into a finite
+    state).
 
     Example:
 
@@ -139,14 +147,28 @@ class StableGRU(keras.layers.GRU):
     (2, 5, 8)
     """
 
-    def __init__(self, units, max_singular_value=DEFAULT_MAX_SINGULAR_VALUE, **kwargs):
+    def __init__(self, units, max_singular_value=DEFAULT_MAX_SINGULAR_VALUE, check_values=True,
+                 **kwargs):
         super().__init__(units, **_with_constraint("StableGRU", max_singular_value, kwargs))
         self.max_singular_value = max_singular_value
+        self.check_values = bool(check_values)
 
     def build(self, sequences_shape, initial_state_shape=None):
         super().build(sequences_shape, initial_state_shape)
         # Keras' GRU would fail later with a backend matmul error.
         self.input_spec = keras.InputSpec(ndim=3, axes={-1: sequences_shape[-1]})
+
+    def call(self, sequences, initial_state=None, mask=None, training=False):
+        # Keras' GRU saturates an inf input into a finite state: refuse it
+        # (eager) or make that sequence's outputs NaN (compiled).
+        contracts.check_nonempty(self, sequences, (1,), "at least one time step")
+        valid = contracts.finite_examples(sequences)
+        contracts.enforce(self, valid, "finite sequences")
+        outputs = super().call(sequences, initial_state=initial_state, mask=mask,
+                               training=training)
+        if isinstance(outputs, (list, tuple)):
+            return type(outputs)(contracts.poison(o, valid) for o in outputs)
+        return contracts.poison(outputs, valid)
 
     def project(self):
         """Applies the projection now (for loops without a Keras optimizer)."""
@@ -154,4 +176,5 @@ class StableGRU(keras.layers.GRU):
         kernel.assign(kernel.constraint(kernel))
 
     def get_config(self):
-        return _config(super().get_config(), self.max_singular_value)
+        return {**_config(super().get_config(), self.max_singular_value),
+                "check_values": self.check_values}
