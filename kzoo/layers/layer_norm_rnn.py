@@ -711,6 +711,11 @@ class LayerNormLSTM(_LayerNormRNN):
     (`return_sequences`, `return_state`, `go_backwards`, `stateful`, `unroll`,
     `zero_output_for_mask`), and supports masking like `keras.layers.LSTM`.
 
+    Contract: `(batch, time, features)` with at least one step and the
+    feature size fixed at build (re-checked at every step: another size is a
+    `ValueError` naming the cell). NaN or inf values propagate: layer
+    normalization of a non-finite vector is NaN.
+
     Example:
 
     >>> layer = LayerNormLSTM(32, return_sequences=True)
@@ -727,6 +732,11 @@ class LayerNormGRU(_LayerNormRNN):
 
     Takes every argument of `LayerNormGRUCell` and of `keras.layers.RNN`.
 
+    Contract: `(batch, time, features)` with at least one step and the
+    feature size fixed at build (re-checked at every step: another size is a
+    `ValueError` naming the cell). NaN or inf values propagate: layer
+    normalization of a non-finite vector is NaN.
+
     Example:
 
     >>> LayerNormGRU(16)(np.zeros((2, 5, 3))).shape
@@ -742,6 +752,11 @@ class LayerNormSimpleRNN(_LayerNormRNN):
 
     Takes every argument of `LayerNormSimpleRNNCell` and of
     `keras.layers.RNN`.
+
+    Contract: `(batch, time, features)` with at least one step and the
+    feature size fixed at build (re-checked at every step: another size is a
+    `ValueError` naming the cell). NaN or inf values propagate: layer
+    normalization of a non-finite vector is NaN.
 
     Example:
 

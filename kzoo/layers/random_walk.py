@@ -388,6 +388,9 @@ class PixelAffinity(keras.layers.Layer):
     layers, k = 131). Output: `(batch, H, W, P)` affinities, zero where the
     neighbour is outside the image.
 
+    Contract: channels fixed at build and re-checked at every call; NaN or
+    inf features give NaN affinities around them (they propagate).
+
     Example:
 
     >>> features = keras.random.uniform((2, 16, 16, 8))

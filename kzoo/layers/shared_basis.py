@@ -90,6 +90,10 @@ class FilterBasis(keras.layers.Layer):
         kernel_initializer: initializer of the basis.
         kernel_regularizer: regularizer of the basis, e.g. `OrthogonalBasis()`.
 
+    Contract: images `(batch, H, W, channels)`, channels fixed at build.
+    Integer images are cast to the compute dtype; an empty batch or image
+    gives an empty answer; NaN or inf values propagate.
+
     Example:
 
     >>> basis = FilterBasis(16)
@@ -169,6 +173,10 @@ class SharedBasisConv2D(keras.layers.Layer):
         coefficient_initializer: initializer of the coefficients.
         kernel_initializer: initializer of the unique filters.
         kernel_regularizer: regularizer of the coefficients and unique filters.
+
+    Contract: as `FilterBasis`; the channels are re-checked at every call (a
+    6-channel input to a layer built for 3 is a `ValueError`, not a grouped
+    convolution).
 
     Example:
 

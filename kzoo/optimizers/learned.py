@@ -271,7 +271,8 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
     never changed by `fit`; it is meta-trained by `kzoo.optimizers.meta`.
 
     A step whose gradient for a variable has a non-finite entry leaves that
-    variable and its state unchanged and adds one to `skipped_updates`.
+    variable and its state unchanged and adds one to `skipped_updates`. A
+    gradient of another shape than its variable is a `ValueError`.
 
     Args:
         weights: where `phi` comes from: a zoo preset name or directory, or a
