@@ -40,7 +40,7 @@ def _sigmoid(x):
 
 
 def np_ln_lstm(x, w, eps):
-    """Runs the LN-LSTM equations of REFERENCE.md S1 over `x` (B, T, D)."""
+    """Runs the LN-LSTM equations of docs/equations.md §S1 over `x` (B, T, D)."""
     (kernel, recurrent, bias, kg, kb, rg, rb, sg, sb) = w
     units = recurrent.shape[0]
     h = np.zeros((x.shape[0], units))

@@ -1,4 +1,4 @@
-"""Tests of EM attention and HighwayEM (REFERENCE.md S4), on every backend."""
+"""Tests of EM attention and HighwayEM (docs/equations.md §S4), on every backend."""
 
 import os
 

@@ -1,4 +1,4 @@
-"""Tests of the layer-normalized RNN family (REFERENCE.md S1), on every backend."""
+"""Tests of the layer-normalized RNN family (docs/equations.md §S1), on every backend."""
 
 import os
 

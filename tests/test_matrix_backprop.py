@@ -1,4 +1,4 @@
-"""Tests of the matrix-backprop layers (REFERENCE.md S5), on every backend.
+"""Tests of the matrix-backprop layers (docs/equations.md §S5), on every backend.
 
 References are independent: scipy's `logm`, `sqrtm`, `fractional_matrix_power`
 and numpy's `eigh` for values, central finite differences of those scipy

@@ -1,4 +1,4 @@
-"""Tests of the Random Walk Networks layers (REFERENCE.md S2), on every backend.
+"""Tests of the Random Walk Networks layers (docs/equations.md §S2), on every backend.
 
 The reference is scipy: A is rebuilt as a CSR matrix from the stencil's
 in-image entries, the converged walk is `scipy.sparse.linalg.spsolve`.

@@ -1,4 +1,4 @@
-"""Tests of the shared filter bases (REFERENCE.md S6), on every backend."""
+"""Tests of the shared filter bases (docs/equations.md §S6), on every backend."""
 
 import keras
 import numpy as np

@@ -1,4 +1,4 @@
-"""Tests of the explosion-safe GRU (REFERENCE.md S7), on every backend."""
+"""Tests of the explosion-safe GRU (docs/equations.md §S7), on every backend."""
 
 import keras
 import numpy as np

@@ -1,7 +1,7 @@
 """EM attention (EMANet, Li et al. 2019) and HighwayEM (Song, Kim & Shim, 2020).
 
 The whole implementation of both papers' layers lives here (equations:
-`shared/REFERENCE.md` section S4):
+`docs/equations.md` §S4):
 
 - pure `keras.ops` functions: `e_step`, `m_step`, `em_iterations` (the
   unrolled EM with the highway M-step), `mixture_log_likelihood`;

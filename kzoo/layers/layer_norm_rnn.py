@@ -11,7 +11,7 @@ The whole implementation of the paper's recurrent models lives here:
   `LayerNormSimpleRNN`) with the usual `return_sequences`, `return_state`,
   masking, `go_backwards` and `stateful` behaviour of `keras.layers.RNN`.
 
-The equations are those of `shared/REFERENCE.md` section S1. The cells never
+The equations are those of `docs/equations.md` §S1. The cells never
 subclass `keras.layers.LSTM`/`GRU`: those layers may dispatch to a fused cuDNN
 kernel that reads the weights directly and would skip the normalization.
 """
@@ -491,7 +491,7 @@ class LayerNormGRUCell(_GatedLayerNormCell):
     Implements `layer_norm_gru_step`: update and reset gates from the
     separately normalized input and recurrent projections, and a candidate
     whose normalized recurrent term is scaled by the reset gate. The new state
-    is `(1 - z) * h_prev + z * candidate` (REFERENCE.md S1). Kernel columns
+    is `(1 - z) * h_prev + z * candidate` (docs/equations.md §S1). Kernel columns
     are ordered `[z, r, candidate]`; the bias covers the two gates only (the
     normalization betas bias the candidate).
 

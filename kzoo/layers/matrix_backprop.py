@@ -3,7 +3,7 @@
 Second-order pooling, the log-tangent map of SPD matrices (LogEig), matrix
 powers and square roots, and a normalized-cuts layer. Every spectral function
 `Y = U f(diag λ) Uᵀ` of a symmetric matrix `X = U diag(λ) Uᵀ` is
-differentiated in the Daleckii–Krein form (REFERENCE.md §S5)
+differentiated in the Daleckii–Krein form (docs/equations.md §S5)
 
     ∂L/∂X = U [K ⊙ (Uᵀ sym(∂L/∂Y) U)] Uᵀ,
     K_ij = (f(λ_i) − f(λ_j)) / (λ_i − λ_j),   K_ii = f'(λ_i),

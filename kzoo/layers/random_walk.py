@@ -1,7 +1,7 @@
 """Random Walk Networks (Bertasius, Torresani, Yu & Shi, 2016).
 
 The whole implementation of the paper's layers lives here (equations:
-`shared/REFERENCE.md` section S2):
+`docs/equations.md` §S2):
 
 - pure `keras.ops` functions: `neighbour_offsets`, `pixel_affinities`,
   `transition_matrix`, `sparse_transition_matrix`, `random_walk_step`,

@@ -1,4 +1,4 @@
-"""Deeply shared filter bases (Kang et al.; REFERENCE.md §S6).
+"""Deeply shared filter bases (Kang et al.; docs/equations.md §S6).
 
 A stage's 3×3 convolutions share one bank of `s` basis filters `B`
 (`FilterBasis`); each `SharedBasisConv2D` owns only `s × (filters − u)`
@@ -57,7 +57,7 @@ def compose_kernel(basis, coefficients):
 
 @keras.saving.register_keras_serializable(package="kzoo")
 class OrthogonalBasis(keras.regularizers.Regularizer):
-    """`strength · mean((B̂ B̂ᵀ − I)²)` on a filter basis (REFERENCE.md §S6).
+    """`strength · mean((B̂ B̂ᵀ − I)²)` on a filter basis (docs/equations.md §S6).
 
     Args:
         strength: λ (the reference code uses 10).

@@ -2,7 +2,7 @@
 
 Kanai et al. (2017) trace GRU gradient explosions to bifurcations of the
 recurrent dynamics; keeping the spectral norm of the candidate's recurrent
-weight `U_h` below a threshold (REFERENCE.md §S7: σ_max(U_h) < 2, our reading
+weight `U_h` below a threshold (docs/equations.md §S7: σ_max(U_h) < 2, our reading
 of the analysis around the `h = 0` fixed point with gates near 0.5) keeps
 training away from them. kzoo projects `U_h` after every update by clipping its
 singular values (`clip_spectral_norm`), as a Keras constraint

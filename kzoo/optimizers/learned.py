@@ -1,7 +1,7 @@
 """A learned optimizer: the coordinatewise LSTM of Andrychowicz et al. (2016).
 
 "Learning to learn by gradient descent by gradient descent" (equations:
-`shared/REFERENCE.md` section S3). Each coordinate `i` of the optimizee's
+`docs/equations.md` §S3). Each coordinate `i` of the optimizee's
 parameters is updated by the same small recurrent network `m` with shared
 meta-parameters `phi` and its own state:
 
