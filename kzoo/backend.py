@@ -27,6 +27,8 @@ import os
 
 import keras
 
+from kzoo import compat
+
 
 def supports_sparse():
     """Whether the current backend has sparse matrices usable in `keras.ops`."""
@@ -371,7 +373,7 @@ def global_batch_statistics(model):
         import tensorflow as tf
 
         if tf.distribute.has_strategy():
-            layers = [layer for layer in model._flatten_layers()
+            layers = [layer for layer in compat.flatten_layers(model)
                       if isinstance(layer, keras.layers.BatchNormalization)
                       and not layer.synchronized]
     for layer in layers:

@@ -24,7 +24,8 @@ import tempfile
 from pathlib import Path
 
 import keras
-from keras.src.saving.serialization_lib import ObjectSharingScope
+
+from kzoo.compat import ObjectSharingScope
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"

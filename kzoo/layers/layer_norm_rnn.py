@@ -27,8 +27,7 @@ from keras import regularizers
 
 # Keras' RNN layer resets per-sequence dropout masks only for cells that carry
 # this mixin; it has no public export.
-from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
-
+from kzoo.compat import DropoutRNNCell
 from kzoo.layers import contracts
 
 

@@ -1,0 +1,26 @@
+"""The Keras internals kzoo relies on, in one place.
+
+Keras has no public API for these; each is used for a reason given below,
+and `tests/test_compat.py` fails with a clear message when a Keras release
+moves or changes one of them. Nothing else in kzoo imports `keras.src`.
+
+- `DropoutRNNCell`: the mixin that gives an RNN cell Keras' own dropout and
+  recurrent-dropout masks (one mask per sequence, as `keras.layers.LSTMCell`
+  uses); the layer-normalized cells subclass it.
+- `ObjectSharingScope`: inside it, Keras' (de)serialization records an object
+  used by several layers once and restores it shared, as the `.keras` format
+  does; presets use it so a `FilterBasis` stays shared.
+- `flatten_layers(model)`: every layer of a model, nested ones included
+  (`Layer._flatten_layers`), to find the batch-normalization layers to
+  synchronize under `tf.distribute`.
+"""
+
+from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
+from keras.src.saving.serialization_lib import ObjectSharingScope
+
+__all__ = ["DropoutRNNCell", "ObjectSharingScope", "flatten_layers"]
+
+
+def flatten_layers(model):
+    """Every layer of `model`, itself and nested layers included."""
+    return list(model._flatten_layers(include_self=True, recursive=True))

@@ -1,0 +1,39 @@
+"""The Keras internals in `kzoo.compat` still exist and still do what kzoo needs.
+
+If a Keras release moves or changes one, this test names it; `kzoo.compat`
+is the one place to adapt.
+"""
+
+import keras
+import pytest
+
+pytestmark = pytest.mark.multibackend
+
+
+def test_the_keras_internals_kzoo_uses_are_there():
+    try:
+        from kzoo import compat
+    except ImportError as e:  # pragma: no cover - only when Keras moved them
+        pytest.fail(f"Keras {keras.__version__} moved an internal kzoo.compat imports: {e}")
+    cell = type("Cell", (keras.layers.Layer, compat.DropoutRNNCell), {})()
+    for method in ("get_dropout_mask", "get_recurrent_dropout_mask", "reset_dropout_mask"):
+        assert callable(getattr(cell, method, None)), f"DropoutRNNCell lost {method}"
+    inner = keras.layers.Dense(2)
+    model = keras.Sequential([keras.Input((3,)), keras.Sequential([inner])])
+    assert inner in compat.flatten_layers(model), "Layer._flatten_layers changed"
+
+
+def test_object_sharing_scope_keeps_a_shared_object_shared():
+    from kzoo import compat
+    from kzoo import layers
+
+    basis = layers.FilterBasis(4)
+    inputs = keras.Input((8, 8, 3))
+    x = layers.SharedBasisConv2D(3, basis)(inputs)
+    model = keras.Model(inputs, layers.SharedBasisConv2D(3, basis)(x))
+    with compat.ObjectSharingScope():
+        config = keras.saving.serialize_keras_object(model)
+    with compat.ObjectSharingScope():
+        restored = keras.saving.deserialize_keras_object(config)
+    convs = [layer for layer in restored.layers if isinstance(layer, layers.SharedBasisConv2D)]
+    assert convs[0].basis is convs[1].basis, "ObjectSharingScope no longer shares objects"
