@@ -87,8 +87,10 @@ def _segmentation_loss(model):
 
 
 def _segmentation_metrics(model):
+    logits = (model.outputs[model.output_names.index("segmentation_logits")]
+              if len(model.outputs) > 1 else model.outputs[0])
     metrics = [
-        keras.metrics.MeanIoU(texture_scenes.NUM_CLASSES, sparse_y_pred=False, name="mean_iou"),
+        keras.metrics.MeanIoU(logits.shape[-1], sparse_y_pred=False, name="mean_iou"),
         keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
     ]
     return {"segmentation_logits": metrics} if len(model.outputs) > 1 else metrics
@@ -195,11 +197,7 @@ def evaluate(model, task_name, split="test", verbose="auto"):
 
 def _initialize_from(model, preset):
     """Copies the weights of the preset's layers into same-named layers."""
-    source = presets.load_preset(preset)
-    names = {layer.name for layer in source.layers if layer.weights}
-    for layer in model.layers:
-        if layer.name in names:
-            layer.set_weights(source.get_layer(layer.name).get_weights())
+    zoo.transfer_weights(presets.load_preset(preset), model)
 
 
 def _split_evenly(engine, batch_size, *arrays):

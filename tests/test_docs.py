@@ -18,3 +18,17 @@ def test_every_cited_equation_section_exists():
         assert "REFERENCE.md" not in text, f"{path} cites a file users do not have"
         cited |= set(re.findall(r"docs/equations\.md`? §(S\d+)", text))
     assert cited and cited <= sections, cited - sections
+
+
+def _marked_blocks():
+    """The README's Python blocks marked `<!-- runs-as-test -->`."""
+    return re.findall(r"<!-- runs-as-test -->\n```python\n(.*?)```", (ROOT / "README.md").read_text(),
+                      re.S)
+
+
+def test_marked_readme_blocks_run_as_pasted(tmp_path, monkeypatch):
+    blocks = _marked_blocks()
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})

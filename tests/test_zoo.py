@@ -226,3 +226,41 @@ def test_train_stores_a_loadable_preset(tmp_path):
     np.testing.assert_allclose(results["loss"], metadata["metrics"]["test"]["loss"], rtol=1e-4)
     with pytest.raises(FileExistsError, match="already holds a preset"):
         training.train("lnlstm_digits", zoo_dir=tmp_path, epochs=1, verbose=0)
+
+
+def test_from_preset_returns_a_compiled_model_that_scores_its_record():
+    from kzoo.datasets import digits
+
+    model = applications.LNLSTMClassifier.from_preset("lnlstm_digits")
+    assert model.compiled and model.name == "lnlstm_digits"
+    x, y = digits.load("test")
+    results = model.evaluate(x, y, verbose=0, return_dict=True)
+    recorded = presets.read_metadata("lnlstm_digits")[1]["metrics"]["test"]
+    np.testing.assert_allclose(results["accuracy"], recorded["accuracy"], atol=2e-3)
+    assert not applications.LNLSTMClassifier.from_preset("lnlstm_digits", compile=False).compiled
+    assert set(applications.LNLSTMClassifier.presets) == {"lnlstm_digits"}
+    assert set(applications.FCN.presets) == {"fcn_texture_scenes"}
+    with pytest.raises(applications.PresetError, match="holds a LSTMClassifier, not a LNLSTM"):
+        applications.LNLSTMClassifier.from_preset("lstm_digits")
+
+
+def test_a_new_head_keeps_the_pretrained_body_and_fine_tunes():
+    from kzoo.datasets import digits
+
+    pretrained = applications.LNLSTMClassifier.from_preset("lnlstm_digits", compile=False)
+    model = applications.LNLSTMClassifier.from_preset("lnlstm_digits", num_classes=2)
+    assert model.output_shape == (None, 2)
+    for a, b in zip(model.get_layer("ln_lstm").get_weights(),
+                    pretrained.get_layer("ln_lstm").get_weights()):
+        np.testing.assert_array_equal(a, b)
+    x, y = digits.load("train")
+    history = model.fit(x[:64], (y[:64] >= 5).astype("int32"), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    segmenter = applications.FCN.from_preset("fcn_texture_scenes", num_classes=3)
+    assert segmenter.output_shape == (None, 64, 64, 3) and segmenter.compiled
+
+
+def test_list_models_filters_by_glob_and_pretrained():
+    assert zoo.list_models("*_char_lm") == ["lnlstm_char_lm", "lstm_char_lm"]
+    assert set(zoo.list_models(pretrained=True)) == set(PRETRAINED)
+    assert zoo.list_models(pretrained=False) == []
