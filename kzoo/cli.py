@@ -1,6 +1,7 @@
 """The `kzoo` command: list, train, evaluate, export and verify zoo models.
 
     kzoo list
+    kzoo info NAME
     kzoo [--debug] [--backend B] COMMAND ...
     kzoo train NAME [--epochs N] [--seed S] [--zoo DIR] [--overwrite] [--log-dir DIR]
                [--distribute data-parallel [--virtual-cpus N]]
@@ -14,6 +15,7 @@
 """
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -53,6 +55,21 @@ def _where(presets, name):
     return text
 
 
+def _recorded(presets, name):
+    """`(headline test metric, parameter count)` of a preset's metadata, or blanks."""
+    found = presets.locations(name)
+    if not found:
+        return "-", "-"
+    try:
+        metadata = json.loads((found[0][0] / presets.METADATA_FILE).read_text())
+        test = metadata["metrics"]["test"]
+    except (OSError, ValueError, KeyError):
+        return "?", "?"
+    metric = next((k for k in (*_HEADLINE_METRICS, "final_loss") if k in test), None)
+    value = f"{metric} {_fmt(test[metric])}" if metric else "-"
+    return value, f"{metadata['parameter_count']:,}" if "parameter_count" in metadata else "-"
+
+
 def cmd_list(args):
     from kzoo.applications import presets
     from kzoo.applications import zoo
@@ -60,15 +77,56 @@ def cmd_list(args):
     rows = []
     for name in zoo.list_models():
         item = zoo.entry(name)
-        rows.append([name, item.builder.__name__, item.task, _where(presets, name),
-                     item.description])
+        rows.append([name, item.builder.__name__, item.task, *_recorded(presets, name),
+                     _where(presets, name), item.description])
     from kzoo.optimizers import meta
 
     for name, item in sorted(meta.PRESETS.items()):
-        rows.append([name, "LSTMOptimizer", f"meta: {item.family}", _where(presets, name),
-                     item.description])
-    _table(rows, ["name", "builder", "task", "pretrained (loaded from)", "description"])
+        rows.append([name, "LSTMOptimizer", f"meta: {item.family}", *_recorded(presets, name),
+                     _where(presets, name), item.description])
+    _table(rows, ["name", "builder", "task", "test metric", "parameters",
+                  "pretrained (loaded from)", "description"])
     print(f"\nUser zoo (kzoo train writes here, searched first): {presets.user_zoo()}")
+
+
+def cmd_info(args):
+    from kzoo.applications import presets
+
+    path = presets.resolve(args.name)
+    metadata = json.loads((path / presets.METADATA_FILE).read_text())
+    kind = metadata.get("kind", "model")
+    weights = ("optimizer.weights.npz" if kind == "optimizer" else presets.WEIGHTS_FILE)
+    presets.read_metadata(args.name, weights_file=weights, kind=kind)  # verifies every file
+    print(f"{args.name}  ({kind}, {path})")
+    print(f"  {metadata.get('description', '')}")
+    for key in ("builder", "task", "family", "dataset", "training_command", "initialized_from"):
+        if metadata.get(key):
+            print(f"  {key}: {metadata[key]}")
+    if metadata.get("builder_args"):
+        print(f"  builder_args: {json.dumps(metadata['builder_args'])}")
+    if "parameter_count" in metadata:
+        print(f"  parameters: {metadata['parameter_count']:,}")
+    if kind == "model":
+        config = json.loads((path / presets.CONFIG_FILE).read_text())["config"]
+        for layer in config.get("layers", []):
+            if layer["class_name"] == "InputLayer":
+                spec = layer["config"]
+                print(f"  input {spec['name']}: {spec['dtype']} {spec['batch_shape']}")
+        print(f"  outputs: {', '.join(o[0] for o in _output_names(config))}")
+    for split, values in metadata.get("metrics", {}).items():
+        shown = ", ".join(f"{k} {_fmt(v)}" for k, v in values.items())
+        print(f"  {split}: {shown}")
+    for file, digest in sorted(metadata["sha256"].items()):
+        print(f"  sha256 {file}: {digest}")
+    print(f"  saved with keras {metadata.get('keras_version')} on "
+          f"{metadata.get('backend')}, {metadata.get('date_saved')}")
+
+
+def _output_names(config):
+    outputs = config.get("output_layers", [])
+    if isinstance(outputs, dict):
+        return list(outputs.values())
+    return outputs if outputs and isinstance(outputs[0], list) else [outputs]
 
 
 def cmd_train(args):
@@ -248,7 +306,13 @@ def build_parser():
                         help="show full tracebacks and subprocess output on errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="list the registered models").set_defaults(func=cmd_list)
+    sub.add_parser("list", help="list the registered models and learned optimizers, with "
+                   "their recorded test metric, size and where their preset is loaded "
+                   "from").set_defaults(func=cmd_list)
+
+    p = sub.add_parser("info", help="print a preset's model card (verifies its files)")
+    p.add_argument("name", help="a zoo name (kzoo list) or a preset directory path")
+    p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("train", help="train a model and store it in the zoo")
     p.add_argument("name", help="a registered model or learned optimizer (kzoo list)")

@@ -19,7 +19,20 @@ def test_list_shows_registered_models(capsys):
     out = capsys.readouterr().out
     for name in ("lnlstm_digits", "lstm_digits", "lnlstm_char_lm", "lstm_char_lm"):
         assert name in out
-    assert "LNLSTMClassifier" in out
+    row = next(line for line in out.splitlines() if line.startswith("lnlstm_digits "))
+    assert "LNLSTMClassifier" in row and "accuracy 0.9667" in row and "20,490" in row
+    assert "shipped: " in row
+
+
+def test_info_prints_the_model_card(capsys):
+    cli.main(["info", "rwn_texture_scenes"])
+    out = capsys.readouterr().out
+    for expected in ("builder: RWN", "input image: float32 [None, 64, 64, 3]",
+                     "outputs: segmentation_logits, affinities", "test: ", "sha256 config.json",
+                     "training_command: "):
+        assert expected in out, expected
+    cli.main(["info", "lstm_optimizer_digits_mlp"])
+    assert "(optimizer, " in capsys.readouterr().out
 
 
 def test_evaluate_export_verify(tmp_path, capsys):
