@@ -35,12 +35,27 @@ def _fmt(value):
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def _check_names(names, optimizers=True):
+    """Raises `ValueError` naming every valid name if one of `names` is unknown."""
+    from kzoo.applications import zoo
+    from kzoo.optimizers import meta
+
+    models, learned = zoo.list_models(), sorted(meta.PRESETS) if optimizers else []
+    unknown = [n for n in names if n not in models and n not in learned]
+    if unknown:
+        raise ValueError(
+            f"unknown name {', '.join(map(repr, unknown))}; models: {', '.join(models)}"
+            + (f"; learned optimizers: {', '.join(learned)}" if learned else "") + "."
+        )
+    return names
+
+
 def _names(args, zoo, presets):
     if getattr(args, "all", False):
         return [n for n in zoo.list_models() if n in presets.available_presets()]
     if not args.names:
         raise SystemExit("give model names or --all")
-    return args.names
+    return _check_names(args.names, optimizers=args.command == "evaluate")
 
 
 def _where(presets, name):
@@ -133,6 +148,7 @@ def cmd_train(args):
     from kzoo import training
     from kzoo.optimizers import meta
 
+    _check_names([args.name])
     if args.name in meta.PRESETS:  # a learned optimizer: meta-train it
         if args.distribute:
             raise SystemExit("kzoo train: error: --distribute applies to zoo models; "
@@ -169,6 +185,7 @@ def _evaluate(names):
 
     rows, ok = [], True
     for name in names:
+        print(f"evaluating {name} on its test split", file=sys.stderr)
         model = zoo.get(name, weights="pretrained")
         _, metadata = presets.read_metadata(name)
         results = training.evaluate(model, zoo.entry(name).task)
@@ -191,6 +208,8 @@ def _evaluate_optimizers(names):
     for name in names:
         _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE, kind="optimizer")
         recorded = metadata["metrics"]["test"]["final_loss"]
+        print(f"evaluating {name} on {metadata['metrics']['test']['problems']} held-out "
+              "problems", file=sys.stderr)
         results = meta.evaluate_preset(name)
         match = abs(results["final_loss"] - recorded) <= 1e-3 * max(1.0, recorded)
         ok &= match

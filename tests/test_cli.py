@@ -59,7 +59,8 @@ def _fails(capsys, argv, code=1):
 
 def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):
     err = _fails(capsys, ["evaluate", "nothing_here"])
-    assert err.count("\n") == 1 and "Unknown model 'nothing_here'" in err
+    assert err.count("\n") == 1 and "unknown name 'nothing_here'; models: " in err
+    assert "learned optimizers: lstm_optimizer_digits_mlp" in err
     (tmp_path / "zoo" / "lnlstm_digits").mkdir(parents=True)
     (tmp_path / "zoo" / "lnlstm_digits" / "metadata.json").write_text("{}")
     err = _fails(capsys, ["train", "lnlstm_digits", "--zoo", str(tmp_path / "zoo")])
@@ -74,7 +75,7 @@ def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):
     err = _fails(capsys, ["export", "lnlstm_digits", "--base-dir", str(tmp_path / "file")])
     assert err.count("\n") == 1 and "kzoo export: error:" in err
     # --debug shows the traceback instead.
-    with pytest.raises(ValueError, match="Unknown model"):
+    with pytest.raises(ValueError, match="unknown name"):
         cli.main(["--debug", "evaluate", "nothing_here"])
 
 
