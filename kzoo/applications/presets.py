@@ -257,7 +257,8 @@ def load_preset(preset):
 
     Example:
 
-    >>> model = load_preset("lnlstm_digits")  # doctest: +SKIP
+    >>> load_preset("lnlstm_digits").name
+    'lnlstm_digits'
     """
     directory, _ = read_metadata(preset)
     try:

@@ -166,7 +166,8 @@ def get(name, weights=None, training=False):
 
     Example:
 
-    >>> model = get("lnlstm_digits", weights="pretrained")  # doctest: +SKIP
+    >>> get("lnlstm_digits", weights="pretrained").output_shape
+    (None, 10)
     """
     item = entry(name)
     if weights == "pretrained":

@@ -240,7 +240,7 @@ class EMAttention(_EMModule):
     Example:
 
     >>> x = keras.random.normal((2, 8, 8, 16))
-    >>> EMAttention(num_bases=4, iterations=3)(x).shape
+    >>> tuple(EMAttention(num_bases=4, iterations=3)(x).shape)
     (2, 8, 8, 16)
     """
 
@@ -279,7 +279,7 @@ class HighwayEM(_EMModule):
     Example:
 
     >>> x = keras.random.normal((2, 8, 8, 16))
-    >>> HighwayEM(num_bases=4, iterations=6, gamma=0.5)(x).shape
+    >>> tuple(HighwayEM(num_bases=4, iterations=6, gamma=0.5)(x).shape)
     (2, 8, 8, 16)
     """
 

@@ -426,7 +426,7 @@ class LayerNormLSTMCell(_GatedLayerNormCell):
 
     >>> cell = LayerNormLSTMCell(32)
     >>> rnn = keras.layers.RNN(cell, return_sequences=True)
-    >>> rnn(np.zeros((4, 10, 8))).shape
+    >>> tuple(rnn(np.zeros((4, 10, 8))).shape)
     (4, 10, 32)
     """
 
@@ -515,7 +515,7 @@ class LayerNormGRUCell(_GatedLayerNormCell):
     Example:
 
     >>> rnn = keras.layers.RNN(LayerNormGRUCell(16))
-    >>> rnn(np.zeros((2, 5, 3))).shape
+    >>> tuple(rnn(np.zeros((2, 5, 3))).shape)
     (2, 16)
     """
 
@@ -588,7 +588,7 @@ class LayerNormSimpleRNNCell(_LayerNormCell):
     Example:
 
     >>> rnn = keras.layers.RNN(LayerNormSimpleRNNCell(8))
-    >>> rnn(np.zeros((2, 5, 3))).shape
+    >>> tuple(rnn(np.zeros((2, 5, 3))).shape)
     (2, 8)
     """
 
@@ -718,7 +718,7 @@ class LayerNormLSTM(_LayerNormRNN):
     Example:
 
     >>> layer = LayerNormLSTM(32, return_sequences=True)
-    >>> layer(np.zeros((4, 10, 8))).shape
+    >>> tuple(layer(np.zeros((4, 10, 8))).shape)
     (4, 10, 32)
     """
 
@@ -738,7 +738,7 @@ class LayerNormGRU(_LayerNormRNN):
 
     Example:
 
-    >>> LayerNormGRU(16)(np.zeros((2, 5, 3))).shape
+    >>> tuple(LayerNormGRU(16)(np.zeros((2, 5, 3))).shape)
     (2, 16)
     """
 
@@ -759,7 +759,7 @@ class LayerNormSimpleRNN(_LayerNormRNN):
 
     Example:
 
-    >>> LayerNormSimpleRNN(8)(np.zeros((2, 5, 3))).shape
+    >>> tuple(LayerNormSimpleRNN(8)(np.zeros((2, 5, 3))).shape)
     (2, 8)
     """
 

@@ -394,7 +394,7 @@ class PixelAffinity(keras.layers.Layer):
     Example:
 
     >>> features = keras.random.uniform((2, 16, 16, 8))
-    >>> PixelAffinity(radius=2)(features).shape
+    >>> tuple(PixelAffinity(radius=2)(features).shape)
     (2, 16, 16, 13)
     """
 
@@ -474,7 +474,7 @@ class RandomWalk(keras.layers.Layer):
 
     >>> f = keras.random.uniform((2, 16, 16, 3))
     >>> affinities = PixelAffinity(radius=2)(keras.random.uniform((2, 16, 16, 8)))
-    >>> RandomWalk(mode="converged", alpha=0.5)([f, affinities]).shape
+    >>> tuple(RandomWalk(mode="converged", alpha=0.5)([f, affinities]).shape)
     (2, 16, 16, 3)
     """
 
