@@ -20,15 +20,56 @@ def test_every_cited_equation_section_exists():
     assert cited and cited <= sections, cited - sections
 
 
-def _marked_blocks():
-    """The README's Python blocks marked `<!-- runs-as-test -->`."""
-    return re.findall(r"<!-- runs-as-test -->\n```python\n(.*?)```", (ROOT / "README.md").read_text(),
-                      re.S)
-
-
-def test_marked_readme_blocks_run_as_pasted(tmp_path, monkeypatch):
-    blocks = _marked_blocks()
-    assert blocks
+def test_every_readme_python_block_runs_as_pasted(tmp_path, monkeypatch):
+    """Each Python block of the README, in a fresh namespace and directory, with
+    every `epochs=N` cut to 1 to keep the suite fast."""
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert len(blocks) >= 8
     monkeypatch.chdir(tmp_path)
-    for block in blocks:
-        exec(compile(block, "README.md", "exec"), {"__name__": "readme"})
+    for number, block in enumerate(blocks):
+        code = re.sub(r"epochs=\d+", "epochs=1", block)
+        exec(compile(code, f"README.md python block {number}", "exec"), {"__name__": "readme"})
+
+
+def test_readme_zoo_table_matches_the_presets_metadata():
+    import json
+    import math
+
+    from kzoo.applications import presets
+
+    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| [^|]+ \| (accuracy|mean IoU) ([\d.]+) \|$|"
+                      r"^\| `(\w+)` \| [^|]+ \| [^|]+ \| ([\d.]+) bits/char \|$",
+                      (ROOT / "README.md").read_text(), re.M)
+    checked = set()
+    for name, metric, value, lm_name, bits in rows:
+        name = name or lm_name
+        test = json.loads((presets.resolve(name) / presets.METADATA_FILE).read_text())[
+            "metrics"]["test"]
+        if bits:
+            recorded, shown = test["loss"] / math.log(2.0), bits
+        elif metric == "accuracy":
+            recorded, shown = test["accuracy"], value
+        else:
+            recorded = test.get("mean_iou", test.get("segmentation_logits_mean_iou"))
+            shown = value
+        decimals = len(shown.split(".")[1])
+        assert round(recorded, decimals) == float(shown), (name, recorded, shown)
+        checked.add(name)
+    assert checked == set(presets.available_presets()) - {
+        "lstm_optimizer_digits_mlp", "lstm_optimizer_quadratic"}, checked
+
+
+def test_readme_learned_optimizer_table_matches_the_presets_metadata():
+    import json
+
+    from kzoo.applications import presets
+
+    rows = re.findall(r"^\| `(lstm_optimizer_\w+)` \| [^|]+ \| ([\d.]+) \((\d+) problems\) \|",
+                      (ROOT / "README.md").read_text(), re.M)
+    assert {name for name, _, _ in rows} == {"lstm_optimizer_digits_mlp",
+                                             "lstm_optimizer_quadratic"}
+    for name, shown, problems in rows:
+        test = json.loads((presets.resolve(name) / presets.METADATA_FILE).read_text())[
+            "metrics"]["test"]
+        assert round(test["final_loss"], len(shown.split(".")[1])) == float(shown), name
+        assert test["problems"] == int(problems), name
