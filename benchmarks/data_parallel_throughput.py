@@ -50,15 +50,26 @@ def main():
         out[backend] = {}
         for devices in (1, 2, 4):
             env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-            done = subprocess.run([sys.executable, "-c", _WORKER, str(devices)],
-                                  capture_output=True, text=True, env=env, check=True)
+            done = subprocess.run(
+                [sys.executable, "-c", _WORKER, str(devices)],
+                capture_output=True,
+                text=True,
+                env=env,
+                check=True,
+            )
             rate = json.loads(done.stdout.strip().splitlines()[-1])["examples_per_second"]
             out[backend][devices] = rate
             print(f"{backend} {devices} device(s): {rate:.0f} examples/s", flush=True)
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "data_parallel_throughput.json").write_text(json.dumps(
-        {"model": "LNLSTMClassifier(units=64), digits rows, global batch 64",
-         "examples_per_second": out}, indent=1))
+    (RESULTS / "data_parallel_throughput.json").write_text(
+        json.dumps(
+            {
+                "model": "LNLSTMClassifier(units=64), digits rows, global batch 64",
+                "examples_per_second": out,
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

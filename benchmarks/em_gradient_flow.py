@@ -62,8 +62,10 @@ def gradient_norms(x, mu0, upstream):
         rows[str(gamma)] = {}
         for t in STEPS:
             gx, gmu = jax.grad(loss, argnums=(0, 1))(x, mu0, t, gamma)
-            rows[str(gamma)][str(t)] = {"dL_dX": float(jnp.linalg.norm(gx)),
-                                        "dL_dmu0": float(jnp.linalg.norm(gmu))}
+            rows[str(gamma)][str(t)] = {
+                "dL_dX": float(jnp.linalg.norm(gx)),
+                "dL_dmu0": float(jnp.linalg.norm(gmu)),
+            }
     return rows, loss
 
 
@@ -112,8 +114,9 @@ for label, model in [("unrolled_em", applications.EMANet(stop_gradient=False)),
 print(json.dumps(out))
 """
     env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
-    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
-                          text=True, check=True)
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -128,14 +131,19 @@ def main():
     norms, ratios = {}, {}
     for name, features_at_scale in scales.items():
         norms[name], loss = gradient_norms(features_at_scale.astype("float32"), mu0, upstream)
-        ratios[name] = {gamma: norms[name][gamma]["10"]["dL_dmu0"] / norms[name]["1.0"]["10"]["dL_dmu0"]
-                        for gamma in norms[name]}
-    results = {"features": list(x.shape), "bases": 16,
-               "median_feature_norm": float(np.median(np.linalg.norm(x, axis=-1))),
-               "gradient_norms": norms,
-               "dL_dmu0_highway_vs_unrolled_at_T10": ratios,
-               "jax_gradient_cost": cost(x, mu0, loss),
-               "train_step_ms_tensorflow": train_step_times()}
+        ratios[name] = {
+            gamma: norms[name][gamma]["10"]["dL_dmu0"] / norms[name]["1.0"]["10"]["dL_dmu0"]
+            for gamma in norms[name]
+        }
+    results = {
+        "features": list(x.shape),
+        "bases": 16,
+        "median_feature_norm": float(np.median(np.linalg.norm(x, axis=-1))),
+        "gradient_norms": norms,
+        "dL_dmu0_highway_vs_unrolled_at_T10": ratios,
+        "jax_gradient_cost": cost(x, mu0, loss),
+        "train_step_ms_tensorflow": train_step_times(),
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "em_gradient_flow.json").write_text(json.dumps(results, indent=1))
     print(json.dumps({k: v for k, v in results.items() if k != "gradient_norms"}, indent=1))
@@ -152,10 +160,13 @@ def plot(norms):
     for ax, (scale, by_gamma) in zip(axes, norms.items()):
         for gamma, rows in by_gamma.items():
             label = "unrolled EM" if gamma == "1.0" else f"HighwayEM gamma={gamma}"
-            ax.plot(list(STEPS), [rows[str(t)]["dL_dmu0"] for t in STEPS], marker="o",
-                    label=label)
-        ax.set(yscale="log", xlabel="EM iterations T", ylabel="||dL/dmu_0||",
-               title=f"features: {scale}")
+            ax.plot(list(STEPS), [rows[str(t)]["dL_dmu0"] for t in STEPS], marker="o", label=label)
+        ax.set(
+            yscale="log",
+            xlabel="EM iterations T",
+            ylabel="||dL/dmu_0||",
+            title=f"features: {scale}",
+        )
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "em_gradient_flow.png", dpi=120)

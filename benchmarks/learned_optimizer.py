@@ -53,8 +53,9 @@ def _final(curves):
 
 
 def tune(factory, problem, tune_problems):
-    scores = {lr: _final(meta.optimize(factory(lr), problem, TUNE_SEED, tune_problems))
-              for lr in RATES}
+    scores = {
+        lr: _final(meta.optimize(factory(lr), problem, TUNE_SEED, tune_problems)) for lr in RATES
+    }
     return min(scores, key=scores.get), scores
 
 
@@ -73,12 +74,18 @@ def summarize(curves):
 def run_setting(name, test_problems, tune_problems, tuned_rates):
     family, kwargs, preset, horizon = SETTINGS[name]
     problem = family(**kwargs)
-    result = {"backend": keras.backend.backend(), "problem": problem.name, "kwargs": {k: list(v) if isinstance(v, tuple) else v
-                                                  for k, v in kwargs.items()},
-              "horizon": horizon, "learned_optimizer": preset, "optimizers": {}}
+    result = {
+        "backend": keras.backend.backend(),
+        "problem": problem.name,
+        "kwargs": {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()},
+        "horizon": horizon,
+        "learned_optimizer": preset,
+        "optimizers": {},
+    }
     start = time.time()
-    curves = meta.optimize(LSTMOptimizer.from_preset(preset), problem, meta.TEST_SEED,
-                           test_problems, horizon)
+    curves = meta.optimize(
+        LSTMOptimizer.from_preset(preset), problem, meta.TEST_SEED, test_problems, horizon
+    )
     result["optimizers"]["LSTM"] = summarize(curves)
     for opt_name, factory in BASELINES.items():
         key = (opt_name, problem.name)
@@ -86,16 +93,18 @@ def run_setting(name, test_problems, tune_problems, tuned_rates):
             tuned_rates[key] = tune(factory, problem, tune_problems)
         lr, scores = tuned_rates[key]
         curves = meta.optimize(factory(lr), problem, meta.TEST_SEED, test_problems, horizon)
-        result["optimizers"][opt_name] = {"learning_rate": lr, "grid": scores,
-                                          **summarize(curves)}
+        result["optimizers"][opt_name] = {"learning_rate": lr, "grid": scores, **summarize(curves)}
     best = min(BASELINES, key=lambda n: result["optimizers"][n]["final_mean"])
     lstm = result["optimizers"]["LSTM"]["final_mean"]
     result["best_baseline"] = best
     result["lstm_over_best_baseline"] = lstm / result["optimizers"][best]["final_mean"]
     result["seconds"] = round(time.time() - start, 1)
-    print(f"{name}: LSTM {lstm:.4f}, best baseline {best} "
-          f"{result['optimizers'][best]['final_mean']:.4f} (ratio "
-          f"{result['lstm_over_best_baseline']:.3f})", flush=True)
+    print(
+        f"{name}: LSTM {lstm:.4f}, best baseline {best} "
+        f"{result['optimizers'][best]['final_mean']:.4f} (ratio "
+        f"{result['lstm_over_best_baseline']:.3f})",
+        flush=True,
+    )
     return result
 
 
@@ -110,8 +119,12 @@ def plot(results, names, path, log=True):
         res = results[name]
         for opt_name, r in res["optimizers"].items():
             label = opt_name if opt_name == "LSTM" else f"{opt_name} (lr {r['learning_rate']:g})"
-            ax.plot(r["mean_curve"], "-" if opt_name == "LSTM" else "--", label=label,
-                    linewidth=2 if opt_name == "LSTM" else 1)
+            ax.plot(
+                r["mean_curve"],
+                "-" if opt_name == "LSTM" else "--",
+                label=label,
+                linewidth=2 if opt_name == "LSTM" else 1,
+            )
         if log:
             ax.set_yscale("log")
         ax.set_title(name)
@@ -135,9 +148,17 @@ def main():
     tuned = {}
     for name in args.settings:
         results[name] = run_setting(name, args.test_problems, args.tune_problems, tuned)
-        out.write_text(json.dumps({
-            "test_problems": args.test_problems, "tune_problems": args.tune_problems,
-            "rates": RATES, "settings": results}, indent=1))
+        out.write_text(
+            json.dumps(
+                {
+                    "test_problems": args.test_problems,
+                    "tune_problems": args.tune_problems,
+                    "rates": RATES,
+                    "settings": results,
+                },
+                indent=1,
+            )
+        )
     fig4 = [n for n in ("quadratic", "mlp", "mlp_200_steps") if n in results]
     fig5 = [n for n in ("mlp_40_units", "mlp_2_layers", "mlp_relu", "cnn") if n in results]
     if fig4:

@@ -34,10 +34,16 @@ class _StepTimes(keras.callbacks.Callback):
 
 def step_time(hidden, optimizer, x, y):
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((64,)), *[keras.layers.Dense(h, activation="sigmoid")
-                                                    for h in hidden], keras.layers.Dense(10)])
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model = keras.Sequential(
+        [
+            keras.Input((64,)),
+            *[keras.layers.Dense(h, activation="sigmoid") for h in hidden],
+            keras.layers.Dense(10),
+        ]
+    )
+    model.compile(
+        optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     timer = _StepTimes()
     model.fit(x, y, batch_size=128, epochs=1, verbose=0)  # compile and warm up
     timer.times = []
@@ -62,12 +68,18 @@ def main():
     for name, hidden in MODELS.items():
         lstm = step_time(hidden, LSTMOptimizer.from_preset("lstm_optimizer_digits_mlp"), x, y)
         adam = step_time(hidden, keras.optimizers.Adam(1e-3), x, y)
-        results[backend][name] = {"LSTM": lstm, "Adam": adam,
-                                  "ratio": lstm["median_step_ms"] / adam["median_step_ms"]}
-        print(f"{backend} {name}: LSTM {lstm['median_step_ms']:.2f} ms, "
-              f"Adam {adam['median_step_ms']:.2f} ms, ratio {results[backend][name]['ratio']:.2f}, "
-              f"state floats/param {lstm['state_floats_per_parameter']:.1f} vs "
-              f"{adam['state_floats_per_parameter']:.1f}", flush=True)
+        results[backend][name] = {
+            "LSTM": lstm,
+            "Adam": adam,
+            "ratio": lstm["median_step_ms"] / adam["median_step_ms"],
+        }
+        print(
+            f"{backend} {name}: LSTM {lstm['median_step_ms']:.2f} ms, "
+            f"Adam {adam['median_step_ms']:.2f} ms, ratio {results[backend][name]['ratio']:.2f}, "
+            f"state floats/param {lstm['state_floats_per_parameter']:.1f} vs "
+            f"{adam['state_floats_per_parameter']:.1f}",
+            flush=True,
+        )
     RESULTS.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
 

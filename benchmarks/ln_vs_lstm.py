@@ -43,11 +43,12 @@ def run(model_name, task_name, steps, every, val_examples, seed):
     model = applications.get(model_name)
     model.compile(optimizer=task.optimizer(), loss=task.loss)
     rng = np.random.default_rng(seed)
-    order = np.concatenate([rng.permutation(len(x)) for _ in range(
-        steps * task.batch_size // len(x) + 1)])
+    order = np.concatenate(
+        [rng.permutation(len(x)) for _ in range(steps * task.batch_size // len(x) + 1)]
+    )
     curve, start = [], time.perf_counter()
     for step in range(1, steps + 1):
-        idx = order[(step - 1) * task.batch_size: step * task.batch_size]
+        idx = order[(step - 1) * task.batch_size : step * task.batch_size]
         model.train_on_batch(x[idx], y[idx])
         if step % every == 0:
             val = model.evaluate(x_val, y_val, batch_size=256, verbose=0)
@@ -77,19 +78,26 @@ def main():
             plain_best = min(loss for _, loss in plain["curve"])
             plain_best_step = min(plain["curve"], key=lambda c: c[1])[0]
             ln_steps = steps_to_reach(ln["curve"], plain_best)
-            runs.append({
-                "seed": seed,
-                "ln_lstm": ln,
-                "lstm": plain,
-                "lstm_best_val_loss": plain_best,
-                "lstm_best_step": plain_best_step,
-                "ln_lstm_best_val_loss": min(loss for _, loss in ln["curve"]),
-                "ln_lstm_steps_to_lstm_best": ln_steps,
-                "ratio": None if ln_steps is None else ln_steps / plain_best_step,
-            })
+            runs.append(
+                {
+                    "seed": seed,
+                    "ln_lstm": ln,
+                    "lstm": plain,
+                    "lstm_best_val_loss": plain_best,
+                    "lstm_best_step": plain_best_step,
+                    "ln_lstm_best_val_loss": min(loss for _, loss in ln["curve"]),
+                    "ln_lstm_steps_to_lstm_best": ln_steps,
+                    "ratio": None if ln_steps is None else ln_steps / plain_best_step,
+                }
+            )
             print(task, seed, {k: v for k, v in runs[-1].items() if k not in ("ln_lstm", "lstm")})
-        results[task] = {"task": task_name, "steps": steps, "every": every,
-                         "val_examples": val_examples, "runs": runs}
+        results[task] = {
+            "task": task_name,
+            "steps": steps,
+            "every": every,
+            "val_examples": val_examples,
+            "runs": runs,
+        }
         out_file.write_text(json.dumps(results, indent=1) + "\n")
     plot(results)
 
@@ -106,8 +114,13 @@ def plot(results):
         for i, r in enumerate(results[task]["runs"]):
             for key, color in (("ln_lstm", "tab:red"), ("lstm", "tab:blue")):
                 steps, losses = zip(*r[key]["curve"])
-                ax.plot(steps, losses, color=color, alpha=0.8,
-                        label=("LN-LSTM" if key == "ln_lstm" else "LSTM") if i == 0 else None)
+                ax.plot(
+                    steps,
+                    losses,
+                    color=color,
+                    alpha=0.8,
+                    label=("LN-LSTM" if key == "ln_lstm" else "LSTM") if i == 0 else None,
+                )
             ax.axhline(r["lstm_best_val_loss"], color="tab:blue", ls=":", lw=0.8)
         ax.set_title(f"{task} ({results[task]['task']})")
         ax.set_xlabel("training step")

@@ -48,8 +48,11 @@ def degenerate_batches(seed=1):
     q = np.linalg.qr(rng.normal(size=(BATCH, N, N)))[0]
     blocks = (q * values[:, None, :]) @ q.transpose(0, 2, 1)
     diagonal = values[:, :, None] * np.eye(N)
-    return {"rank_deficient_plus_eps": rank_deficient, "equal_eigenvalue_blocks": blocks,
-            "repeated_diagonal": diagonal}
+    return {
+        "rank_deficient_plus_eps": rank_deficient,
+        "equal_eigenvalue_blocks": blocks,
+        "repeated_diagonal": diagonal,
+    }
 
 
 def reference_log_gradient(x, upstream):
@@ -57,8 +60,9 @@ def reference_log_gradient(x, upstream):
     lam, u = np.linalg.eigh(x.astype("float64"))
     li, lj = lam[..., :, None], lam[..., None, :]
     with np.errstate(divide="ignore", invalid="ignore"):
-        k = np.where(np.isclose(li, lj, rtol=1e-12, atol=0),
-                     1.0 / li, (np.log(li) - np.log(lj)) / (li - lj))
+        k = np.where(
+            np.isclose(li, lj, rtol=1e-12, atol=0), 1.0 / li, (np.log(li) - np.log(lj)) / (li - lj)
+        )
     g = 0.5 * (upstream + np.swapaxes(upstream, -1, -2))
     ut = np.swapaxes(u, -1, -2)
     return u @ (k * (ut @ g @ u)) @ ut
@@ -85,9 +89,11 @@ def measure(repeats):
     upstream = np.random.default_rng(2).normal(size=(BATCH, N, N)).astype("float32")
     steps = {}
     for name, fn in functions.items():
+
         def loss(params, weights, fn=fn):
             y = fn(params[0])
             return ops.sum(y * weights), y
+
         steps[name] = backend.compiled_value_and_grad(loss)
 
     def run(name, x):
@@ -107,8 +113,11 @@ def measure(repeats):
     exact, _ = run("sqrt_eigh", x)
     for iterations in (5, 15):
         approx, _ = run(f"sqrt_newton_schulz_{iterations}", x)
-        out[f"newton_schulz_{iterations}_relative_error"] = float(np.median(
-            np.linalg.norm(approx - exact, axis=(1, 2)) / np.linalg.norm(exact, axis=(1, 2))))
+        out[f"newton_schulz_{iterations}_relative_error"] = float(
+            np.median(
+                np.linalg.norm(approx - exact, axis=(1, 2)) / np.linalg.norm(exact, axis=(1, 2))
+            )
+        )
     out["degenerate"] = {}
     for kind, batch in degenerate_batches().items():
         reference = reference_log_gradient(batch, upstream)
@@ -116,11 +125,15 @@ def measure(repeats):
         for name in ("log_kzoo", "log_naive_autodiff"):
             _, grad = run(name, batch.astype("float32"))
             finite = np.all(np.isfinite(grad), axis=(1, 2))
-            error = (np.linalg.norm(grad - reference, axis=(1, 2))
-                     / np.linalg.norm(reference, axis=(1, 2)))
-            row[name] = {"non_finite_rate": float(1 - finite.mean()),
-                         "median_relative_error_of_finite": float(np.median(error[finite]))
-                         if finite.any() else None}
+            error = np.linalg.norm(grad - reference, axis=(1, 2)) / np.linalg.norm(
+                reference, axis=(1, 2)
+            )
+            row[name] = {
+                "non_finite_rate": float(1 - finite.mean()),
+                "median_relative_error_of_finite": float(np.median(error[finite]))
+                if finite.any()
+                else None,
+            }
         out["degenerate"][kind] = row
     return out
 
@@ -135,8 +148,12 @@ def plot(results, path):
     fig, ax = plt.subplots(figsize=(8, 3.5))
     width = 0.8 / len(results)
     for i, r in enumerate(results):
-        ax.bar(np.arange(len(names)) + i * width, [r["times_ms"][n] for n in names], width,
-               label=r["backend"])
+        ax.bar(
+            np.arange(len(names)) + i * width,
+            [r["times_ms"][n] for n in names],
+            width,
+            label=r["backend"],
+        )
     ax.set_xticks(np.arange(len(names)) + 0.4 - width / 2, names, fontsize=8)
     ax.set_ylabel("forward+backward, ms")
     ax.set_title(f"batch {BATCH} of {N}x{N} SPD matrices, 2 CPU cores")
@@ -156,16 +173,29 @@ def main():
     results = []
     for name in ("tensorflow", "jax", "torch"):
         env = {**os.environ, "KERAS_BACKEND": name, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        done = subprocess.run([sys.executable, __file__, "--worker", "--repeats",
-                               str(args.repeats)], env=env, capture_output=True, text=True)
+        done = subprocess.run(
+            [sys.executable, __file__, "--worker", "--repeats", str(args.repeats)],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             raise SystemExit(done.stderr)
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1], indent=1))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "matrix_backprop.json").write_text(json.dumps(
-        {"command": "python benchmarks/matrix_backprop.py", "batch": BATCH, "n": N,
-         "results": results}, indent=2) + "\n")
+    (RESULTS / "matrix_backprop.json").write_text(
+        json.dumps(
+            {
+                "command": "python benchmarks/matrix_backprop.py",
+                "batch": BATCH,
+                "n": N,
+                "results": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     plot(results, RESULTS / "matrix_backprop.png")
 
 

@@ -37,16 +37,19 @@ def run(head, trunk, seed, epochs):
     model = DeepO2P(head=head, **TRUNKS[trunk])
     task.compile(model, task.optimizer())
     start = time.perf_counter()
-    history = model.fit(x, y, batch_size=task.batch_size, epochs=epochs,
-                        validation_data=(x_val, y_val), verbose=0)
+    history = model.fit(
+        x, y, batch_size=task.batch_size, epochs=epochs, validation_data=(x_val, y_val), verbose=0
+    )
     seconds = time.perf_counter() - start
-    test = model.evaluate(x_test, y_test, batch_size=task.batch_size, verbose=0,
-                          return_dict=True)
-    return {"seed": seed, "test_accuracy": float(test["accuracy"]),
-            "test_loss": float(test["loss"]),
-            "val_accuracy": [float(v) for v in history.history["val_accuracy"]],
-            "seconds_per_epoch": seconds / epochs,
-            "parameters": int(model.count_params())}
+    test = model.evaluate(x_test, y_test, batch_size=task.batch_size, verbose=0, return_dict=True)
+    return {
+        "seed": seed,
+        "test_accuracy": float(test["accuracy"]),
+        "test_loss": float(test["loss"]),
+        "val_accuracy": [float(v) for v in history.history["val_accuracy"]],
+        "seconds_per_epoch": seconds / epochs,
+        "parameters": int(model.count_params()),
+    }
 
 
 def plot(results, path):
@@ -80,22 +83,40 @@ def main():
         for seed in range(args.seeds):
             for head in HEADS:
                 heads[head].append(run(head, trunk, seed, args.epochs))
-                print(trunk, head, json.dumps({k: v for k, v in heads[head][-1].items()
-                                               if k != "val_accuracy"}), flush=True)
-    summary = {trunk: {head: {
-        "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in runs])),
-        "test_accuracy_std": float(np.std([r["test_accuracy"] for r in runs])),
-        "test_accuracy_min": float(np.min([r["test_accuracy"] for r in runs])),
-        "test_accuracy_max": float(np.max([r["test_accuracy"] for r in runs])),
-        "parameters": runs[0]["parameters"],
-        "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs]))}
-        for head, runs in heads.items()} for trunk, heads in results.items()}
+                print(
+                    trunk,
+                    head,
+                    json.dumps({k: v for k, v in heads[head][-1].items() if k != "val_accuracy"}),
+                    flush=True,
+                )
+    summary = {
+        trunk: {
+            head: {
+                "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in runs])),
+                "test_accuracy_std": float(np.std([r["test_accuracy"] for r in runs])),
+                "test_accuracy_min": float(np.min([r["test_accuracy"] for r in runs])),
+                "test_accuracy_max": float(np.max([r["test_accuracy"] for r in runs])),
+                "parameters": runs[0]["parameters"],
+                "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
+            }
+            for head, runs in heads.items()
+        }
+        for trunk, heads in results.items()
+    }
     print(json.dumps(summary, indent=1))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "o2p_vs_first_order.json").write_text(json.dumps({
-        "command": f"KERAS_BACKEND={keras.backend.backend()} python "
-                   f"benchmarks/o2p_vs_first_order.py --seeds {args.seeds} --epochs {args.epochs}",
-        "summary": summary, "runs": results}, indent=2) + "\n")
+    (RESULTS / "o2p_vs_first_order.json").write_text(
+        json.dumps(
+            {
+                "command": f"KERAS_BACKEND={keras.backend.backend()} python "
+                f"benchmarks/o2p_vs_first_order.py --seeds {args.seeds} --epochs {args.epochs}",
+                "summary": summary,
+                "runs": results,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     plot(results, RESULTS / "o2p_vs_first_order.png")
 
 

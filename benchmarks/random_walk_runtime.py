@@ -31,9 +31,12 @@ import numpy as np
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ONE_THREAD = {
-    "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
     "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
-    "TF_NUM_INTRAOP_THREADS": "1", "TF_NUM_INTEROP_THREADS": "1",
+    "TF_NUM_INTRAOP_THREADS": "1",
+    "TF_NUM_INTEROP_THREADS": "1",
     "TF_CPP_MIN_LOG_LEVEL": "3",
 }
 
@@ -49,8 +52,9 @@ def problem(size, radius, classes=21, seed=0):
     image = rng.integers(0, 256, size=(size, size, 3)).astype("uint8")
     features = np.concatenate([image / 255.0, rng.uniform(size=(size, size, 8))], -1)
     weights = -rng.uniform(0.5, 2.0, size=features.shape[-1])
-    affinities = rw.pixel_affinities(features[None].astype("float32"),
-                                     weights.astype("float32"), radius)
+    affinities = rw.pixel_affinities(
+        features[None].astype("float32"), weights.astype("float32"), radius
+    )
     transition = ops.convert_to_numpy(rw.transition_matrix(affinities)).astype("float32")
     potentials = rng.normal(size=(1, size, size, classes)).astype("float32")
     return image, transition, potentials
@@ -74,8 +78,9 @@ def measure_reference(size, radius):
 
     image, transition, f = problem(size, radius)
     rows, cols, flat = rw._stencil_positions(size, size, radius)
-    matrix = sp.csr_matrix((transition.reshape(-1)[flat], (rows, cols)),
-                           shape=(size * size, size * size))
+    matrix = sp.csr_matrix(
+        (transition.reshape(-1)[flat], (rows, cols)), shape=(size * size, size * size)
+    )
     flat_f = f.reshape(-1, f.shape[-1])
     result = {"scipy_csr_step_ms": median_ms(lambda: matrix @ flat_f), "nnz": int(matrix.nnz)}
     try:
@@ -124,10 +129,12 @@ def measure_backend(size, radius):
     out = {}
     stencil = compile_fn(lambda x, a: rw.random_walk_step(x, a, "stencil"))
     out["stencil_step_ms"] = median_ms(lambda: keras.ops.convert_to_numpy(stencil(f_t, a_t)))
-    converged = compile_fn(lambda x, a: rw.random_walk(x, a, "converged", alpha=0.01,
-                                                       tolerance=1e-5, implementation="stencil"))
-    out["stencil_converged_ms"] = median_ms(
-        lambda: keras.ops.convert_to_numpy(converged(f_t, a_t)))
+    converged = compile_fn(
+        lambda x, a: rw.random_walk(
+            x, a, "converged", alpha=0.01, tolerance=1e-5, implementation="stencil"
+        )
+    )
+    out["stencil_converged_ms"] = median_ms(lambda: keras.ops.convert_to_numpy(converged(f_t, a_t)))
     if backend in ("tensorflow", "jax"):
         matrix = rw.sparse_transition_matrix(a_t, radius)
         flat = keras.ops.reshape(f_t, (-1, f.shape[-1]))
@@ -136,7 +143,8 @@ def measure_backend(size, radius):
         else:
             sparse_step = jax.jit(lambda m, x: keras.ops.matmul(m, x))
         out["sparse_step_ms"] = median_ms(
-            lambda: keras.ops.convert_to_numpy(sparse_step(matrix, flat)))
+            lambda: keras.ops.convert_to_numpy(sparse_step(matrix, flat))
+        )
         build = compile_fn(lambda a: rw.sparse_transition_matrix(a, radius))
         out["sparse_build_ms"] = median_ms(lambda: build(a_t), runs=10)
         stencil_ref = keras.ops.convert_to_numpy(stencil(f_t, a_t)).reshape(-1, f.shape[-1])
@@ -158,12 +166,26 @@ def main():
         return
     results = {"size": args.size, "radius": args.radius, "classes": 21, "threads": 1}
     for worker in ["reference", *args.backends]:
-        env = {**os.environ, **ONE_THREAD,
-               "KERAS_BACKEND": "numpy" if worker == "reference" else worker}
+        env = {
+            **os.environ,
+            **ONE_THREAD,
+            "KERAS_BACKEND": "numpy" if worker == "reference" else worker,
+        }
         done = subprocess.run(
-            [sys.executable, __file__, "--worker", worker, "--size", str(args.size),
-             "--radius", str(args.radius)],
-            env=env, capture_output=True, text=True)
+            [
+                sys.executable,
+                __file__,
+                "--worker",
+                worker,
+                "--size",
+                str(args.size),
+                "--radius",
+                str(args.radius),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         if done.returncode:
             raise SystemExit(f"{worker} failed:\n{done.stderr[-3000:]}")
         results[worker] = json.loads(done.stdout.strip().splitlines()[-1])

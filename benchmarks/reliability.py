@@ -51,8 +51,9 @@ def measure(seeds):
                 rng = np.random.default_rng(seed)
                 batch = 1 + seed % 3
                 example = int(rng.integers(batch))
-                inputs = bad_inputs.corrupt(name, case, rng, batch=batch, example=example,
-                                            position=float(rng.uniform()))
+                inputs = bad_inputs.corrupt(
+                    name, case, rng, batch=batch, example=example, position=float(rng.uniform())
+                )
                 outcome = bad_inputs.judge(layer, case, lambda: layer(inputs), example=example)
                 tally[outcome] += 1
                 if outcome in bad_inputs.BAD:
@@ -61,15 +62,20 @@ def measure(seeds):
             fresh = bad_inputs.built_layer(name)
             inputs = bad_inputs.corrupt(name, case, np.random.default_rng(0), batch=2, example=1)
             outcome = bad_inputs.judge(
-                fresh, case, lambda: bad_inputs.compiled_predict(fresh, inputs), example=1)
+                fresh, case, lambda: bad_inputs.compiled_predict(fresh, inputs), example=1
+            )
             tally[outcome] += 1
             if outcome in bad_inputs.BAD:
                 examples[name].append(f"compiled {case}: {outcome}")
         counts[name] = {k: tally[k] for k in OUTCOMES}
     tally = collections.Counter(bad_inputs.judge_optimizer(c) for c in bad_inputs.OPTIMIZER_CASES)
     counts["LSTMOptimizer"] = {k: tally[k] for k in OUTCOMES}
-    return {"backend": keras.backend.backend(), "keras": keras.__version__,
-            "counts": counts, "failures": {k: sorted(set(v)) for k, v in examples.items()}}
+    return {
+        "backend": keras.backend.backend(),
+        "keras": keras.__version__,
+        "counts": counts,
+        "failures": {k: sorted(set(v)) for k, v in examples.items()},
+    }
 
 
 def report():
@@ -86,22 +92,28 @@ def report():
         backends = list(results[label])
         bottom = np.zeros(len(backends))
         for outcome in OUTCOMES:
-            values = np.array([sum(c[outcome] for c in results[label][b]["counts"].values())
-                               for b in backends])
+            values = np.array(
+                [sum(c[outcome] for c in results[label][b]["counts"].values()) for b in backends]
+            )
             ax.bar(backends, values, bottom=bottom, color=colors[outcome], label=outcome)
             bottom += values
         ax.set_title(f"{label}: outcomes of {int(bottom[0])} bad inputs")
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(RESULTS / "reliability.png", dpi=100)
-    print("| run | backend | layers | inputs | clear error | NaN propagated | accepted "
-          "| cryptic | silent |")
+    print(
+        "| run | backend | layers | inputs | clear error | NaN propagated | accepted "
+        "| cryptic | silent |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     for label in labels:
         for backend, run in results[label].items():
             totals = {o: sum(c[o] for c in run["counts"].values()) for o in OUTCOMES}
-            print(f"| {label} | {backend} | {len(run['counts'])} | {sum(totals.values())} | "
-                  + " | ".join(str(totals[o]) for o in OUTCOMES) + " |")
+            print(
+                f"| {label} | {backend} | {len(run['counts'])} | {sum(totals.values())} | "
+                + " | ".join(str(totals[o]) for o in OUTCOMES)
+                + " |"
+            )
 
 
 def main():

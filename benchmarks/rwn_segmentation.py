@@ -98,9 +98,11 @@ def main():
     rows["RWN one step R=5 (zoo and training setting)"] = evaluate(rwn_logits(images), labels)
     for radius in (1, 3, 5):
         rows[f"RWN converged R={radius}, alpha=0.5"] = evaluate(
-            rwn_logits(images, walk_mode="converged", walk_radius=radius), labels)
+            rwn_logits(images, walk_mode="converged", walk_radius=radius), labels
+        )
     rows["RWN backbone without walk"] = evaluate(
-        rwn_logits(images, walk_mode="converged", alpha=0.0), labels)
+        rwn_logits(images, walk_mode="converged", alpha=0.0), labels
+    )
     try:
         rows["FCN + dense CRF (10 iterations)"] = evaluate(dense_crf(images, fcn_logits), labels)
     except ImportError:
@@ -109,16 +111,19 @@ def main():
     for radius in (1, 5):
         steps[str(radius)] = {}
         for t in (1, 2, 4, 8, 16):
-            scores = evaluate(rwn_logits(images, walk_mode="step", walk_radius=radius,
-                                         walk_steps=t), labels)
+            scores = evaluate(
+                rwn_logits(images, walk_mode="step", walk_radius=radius, walk_steps=t), labels
+            )
             steps[str(radius)][str(t)] = {k: scores[k] for k in ("pixel_accuracy", "mean_iou")}
     results["accuracy_vs_steps"] = steps
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "rwn_segmentation.json").write_text(json.dumps(results, indent=1))
     for name, row in rows.items():
         if row:
-            print(f"{name:45s} mIoU {row['mean_iou']:.4f}  oIoU {row['overall_iou']:.4f}  "
-                  f"acc {row['pixel_accuracy']:.4f}  trimap {row['trimap_accuracy']}")
+            print(
+                f"{name:45s} mIoU {row['mean_iou']:.4f}  oIoU {row['overall_iou']:.4f}  "
+                f"acc {row['pixel_accuracy']:.4f}  trimap {row['trimap_accuracy']}"
+            )
     plot(results)
 
 
@@ -131,18 +136,33 @@ def plot(results):
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     for name, row in results["models"].items():
         if row and ("FCN" in name or "zoo" in name or "R=1," in name):
-            left.plot(TRIMAP_WIDTHS, [row["trimap_accuracy"][str(w)] for w in TRIMAP_WIDTHS],
-                      marker="o", label=name)
-    left.set(xlabel="trimap width (pixels)", ylabel="pixel accuracy in trimap",
-             title="boundary accuracy (paper Fig. 5)")
+            left.plot(
+                TRIMAP_WIDTHS,
+                [row["trimap_accuracy"][str(w)] for w in TRIMAP_WIDTHS],
+                marker="o",
+                label=name,
+            )
+    left.set(
+        xlabel="trimap width (pixels)",
+        ylabel="pixel accuracy in trimap",
+        title="boundary accuracy (paper Fig. 5)",
+    )
     left.legend(fontsize=7)
     for radius, curve in results["accuracy_vs_steps"].items():
         ts = sorted(curve, key=int)
-        right.plot([int(t) for t in ts], [curve[t]["mean_iou"] for t in ts], marker="o",
-                   label=f"A^t f, R={radius}")
+        right.plot(
+            [int(t) for t in ts],
+            [curve[t]["mean_iou"] for t in ts],
+            marker="o",
+            label=f"A^t f, R={radius}",
+        )
     right.axhline(results["models"]["FCN"]["mean_iou"], color="gray", ls=":", label="FCN")
-    right.set(xscale="log", xlabel="random-walk steps t", ylabel="mean IoU",
-              title="accuracy vs steps (paper Fig. 7)")
+    right.set(
+        xscale="log",
+        xlabel="random-walk steps t",
+        ylabel="mean IoU",
+        title="accuracy vs steps (paper Fig. 7)",
+    )
     right.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / "rwn_segmentation.png", dpi=120)

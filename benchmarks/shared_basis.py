@@ -36,8 +36,11 @@ from kzoo.layers import FilterBasis
 from kzoo.layers import shared_basis
 
 RESULTS = Path(__file__).resolve().parent / "results"
-VARIANTS = {"unshared": {"shared": False}, "shared": {"shared": True, "orthogonality": 10.0},
-            "shared_no_orthogonality": {"shared": True, "orthogonality": 0.0}}
+VARIANTS = {
+    "unshared": {"shared": False},
+    "shared": {"shared": True, "orthogonality": 10.0},
+    "shared_no_orthogonality": {"shared": True, "orthogonality": 0.0},
+}
 
 
 def _group(path):
@@ -65,10 +68,16 @@ class BlockGradients(keras.callbacks.Callback):
         record = {"grad_norm": {k: float(np.sqrt(v)) for k, v in squares.items()}}
         record["basis_orthogonality_error"] = {
             name: float(ops.convert_to_numpy(shared_basis.orthogonality_penalty(b.kernel)))
-            for name, b in bases.items()}
+            for name, b in bases.items()
+        }
         record["basis_row_norm_mean"] = {
-            name: float(np.linalg.norm(ops.convert_to_numpy(b.kernel).reshape(
-                -1, b.num_filters), axis=0).mean()) for name, b in bases.items()}
+            name: float(
+                np.linalg.norm(
+                    ops.convert_to_numpy(b.kernel).reshape(-1, b.num_filters), axis=0
+                ).mean()
+            )
+            for name, b in bases.items()
+        }
         self.history.append(record)
 
 
@@ -90,15 +99,25 @@ def run(variant, seed, epochs):
     task.compile(model, task.optimizer())
     monitor = BlockGradients(x[:256], y[:256])
     start = time.perf_counter()
-    history = model.fit(x, y, batch_size=task.batch_size, epochs=epochs,
-                        validation_data=(x_val, y_val), callbacks=[monitor], verbose=0)
+    history = model.fit(
+        x,
+        y,
+        batch_size=task.batch_size,
+        epochs=epochs,
+        validation_data=(x_val, y_val),
+        callbacks=[monitor],
+        verbose=0,
+    )
     seconds = time.perf_counter() - start
-    test = model.evaluate(x_test, y_test, batch_size=task.batch_size, verbose=0,
-                          return_dict=True)
-    return {"seed": seed, "parameters": int(model.count_params()),
-            "test_accuracy": float(test["accuracy"]),
-            "val_accuracy": [float(v) for v in history.history["val_accuracy"]],
-            "seconds_per_epoch": seconds / epochs, "epochs": monitor.history}
+    test = model.evaluate(x_test, y_test, batch_size=task.batch_size, verbose=0, return_dict=True)
+    return {
+        "seed": seed,
+        "parameters": int(model.count_params()),
+        "test_accuracy": float(test["accuracy"]),
+        "val_accuracy": [float(v) for v in history.history["val_accuracy"]],
+        "seconds_per_epoch": seconds / epochs,
+        "epochs": monitor.history,
+    }
 
 
 def plot(results, path):
@@ -114,9 +133,13 @@ def plot(results, path):
         epochs = runs[0]["epochs"]
         for group in sorted(epochs[0]["grad_norm"]):
             curve = [e["grad_norm"][group] for e in epochs]
-            ax.plot(np.arange(1, len(curve) + 1), curve, label=group,
-                    linestyle="--" if group.endswith("basis") else "-",
-                    color=colors(groups.index(group) % 20))
+            ax.plot(
+                np.arange(1, len(curve) + 1),
+                curve,
+                label=group,
+                linestyle="--" if group.endswith("basis") else "-",
+                color=colors(groups.index(group) % 20),
+            )
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
         ax.set_title(f"{variant} (seed 0)")
@@ -136,23 +159,42 @@ def main():
         for variant in VARIANTS:
             results[variant].append(run(variant, seed, args.epochs))
             last = results[variant][-1]
-            print(variant, seed, last["parameters"], last["test_accuracy"],
-                  round(last["seconds_per_epoch"], 1), flush=True)
-    summary = {variant: {
-        "parameters": runs[0]["parameters"],
-        "test_accuracy_per_seed": [r["test_accuracy"] for r in runs],
-        "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in runs])),
-        "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
-        "final_grad_norm_seed0": runs[0]["epochs"][-1]["grad_norm"],
-        "final_basis_orthogonality_error_seed0": runs[0]["epochs"][-1]["basis_orthogonality_error"],
-        "final_basis_row_norm_mean_seed0": runs[0]["epochs"][-1]["basis_row_norm_mean"],
-    } for variant, runs in results.items()}
+            print(
+                variant,
+                seed,
+                last["parameters"],
+                last["test_accuracy"],
+                round(last["seconds_per_epoch"], 1),
+                flush=True,
+            )
+    summary = {
+        variant: {
+            "parameters": runs[0]["parameters"],
+            "test_accuracy_per_seed": [r["test_accuracy"] for r in runs],
+            "test_accuracy_mean": float(np.mean([r["test_accuracy"] for r in runs])),
+            "seconds_per_epoch": float(np.mean([r["seconds_per_epoch"] for r in runs])),
+            "final_grad_norm_seed0": runs[0]["epochs"][-1]["grad_norm"],
+            "final_basis_orthogonality_error_seed0": runs[0]["epochs"][-1][
+                "basis_orthogonality_error"
+            ],
+            "final_basis_row_norm_mean_seed0": runs[0]["epochs"][-1]["basis_row_norm_mean"],
+        }
+        for variant, runs in results.items()
+    }
     print(json.dumps(summary, indent=1))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "shared_basis.json").write_text(json.dumps({
-        "command": f"KERAS_BACKEND={keras.backend.backend()} python benchmarks/shared_basis.py "
-                   f"--seeds {args.seeds} --epochs {args.epochs}",
-        "summary": summary, "runs": results}, indent=1) + "\n")
+    (RESULTS / "shared_basis.json").write_text(
+        json.dumps(
+            {
+                "command": f"KERAS_BACKEND={keras.backend.backend()} "
+                f"python benchmarks/shared_basis.py --seeds {args.seeds} --epochs {args.epochs}",
+                "summary": summary,
+                "runs": results,
+            },
+            indent=1,
+        )
+        + "\n"
+    )
     plot(results, RESULTS / "shared_basis.png")
 
 

@@ -14,7 +14,8 @@ or is not finite),
 and whether it diverged (a non-finite loss, or a final loss above the
 initial one). Also σ_max of the candidate recurrent weight at the end.
 
-    KERAS_BACKEND=jax python benchmarks/stable_gru.py [--seeds 3] [--steps 300] [--learning-rates 2 4]
+    KERAS_BACKEND=jax python benchmarks/stable_gru.py [--seeds 3] [--steps 300] \
+        [--learning-rates 2 4]
 
 Writes benchmarks/results/stable_gru.json and stable_gru.png.
 """
@@ -37,14 +38,19 @@ UNITS = 128
 
 def build(stable, seed):
     keras.utils.set_random_seed(seed)
-    layer = StableGRU(UNITS, return_sequences=True) if stable else keras.layers.GRU(
-        UNITS, return_sequences=True)
-    return keras.Sequential([
-        keras.Input((None,), dtype="int32"),
-        keras.layers.Embedding(stdlib_text.VOCAB_SIZE, 32),
-        layer,
-        keras.layers.Dense(stdlib_text.VOCAB_SIZE),
-    ])
+    layer = (
+        StableGRU(UNITS, return_sequences=True)
+        if stable
+        else keras.layers.GRU(UNITS, return_sequences=True)
+    )
+    return keras.Sequential(
+        [
+            keras.Input((None,), dtype="int32"),
+            keras.layers.Embedding(stdlib_text.VOCAB_SIZE, 32),
+            layer,
+            keras.layers.Dense(stdlib_text.VOCAB_SIZE),
+        ]
+    )
 
 
 def count_spikes(norms, warmup=20):
@@ -72,8 +78,7 @@ def train(stable, seed, x, y, steps, batch_size, learning_rate):
         idx = rng.integers(0, len(x), size=batch_size)
         (loss, _), grads = step(params, x[idx], y[idx])
         losses.append(float(ops.convert_to_numpy(loss)))
-        norms.append(float(np.sqrt(sum(np.sum(np.square(ops.convert_to_numpy(g)))
-                                       for g in grads))))
+        norms.append(float(np.sqrt(sum(np.sum(np.square(ops.convert_to_numpy(g))) for g in grads))))
         if not np.isfinite(losses[-1]):
             break
         params = [p - learning_rate * g for p, g in zip(params, grads)]
@@ -81,11 +86,15 @@ def train(stable, seed, x, y, steps, batch_size, learning_rate):
     kernel = ops.convert_to_numpy(params[2])  # the GRU recurrent kernel
     spikes = count_spikes(norms)
     final = float(np.mean(losses[-20:]))
-    return {"seed": seed, "losses": losses, "grad_norms": norms, "spikes": int(spikes),
-            "final_loss": final,
-            "diverged": bool(not np.isfinite(final) or final > losses[0]),
-            "candidate_sigma_max": float(np.linalg.svd(kernel[:, 2 * UNITS:],
-                                                       compute_uv=False).max())}
+    return {
+        "seed": seed,
+        "losses": losses,
+        "grad_norms": norms,
+        "spikes": int(spikes),
+        "final_loss": final,
+        "diverged": bool(not np.isfinite(final) or final > losses[0]),
+        "candidate_sigma_max": float(np.linalg.svd(kernel[:, 2 * UNITS :], compute_uv=False).max()),
+    }
 
 
 def plot(results, path):
@@ -98,8 +107,11 @@ def plot(results, path):
     for row, (rate, models) in zip(axes, results.items()):
         for model, runs in models.items():
             for i, run in enumerate(runs):
-                style = {"color": "C0" if model == "GRU" else "C1", "alpha": 0.7,
-                         "label": model if i == 0 else None}
+                style = {
+                    "color": "C0" if model == "GRU" else "C1",
+                    "alpha": 0.7,
+                    "label": model if i == 0 else None,
+                }
                 row[0].plot(run["grad_norms"], **style)
                 row[1].plot(run["losses"], **style)
         row[0].set_yscale("log")
@@ -127,23 +139,42 @@ def main():
             for name in models:
                 run = train(name == "StableGRU", seed, x, y, args.steps, args.batch_size, rate)
                 models[name].append(run)
-                print(rate, name, seed, {k: v for k, v in run.items()
-                                         if k not in ("losses", "grad_norms")}, flush=True)
-    summary = {rate: {name: {"spikes_total": sum(r["spikes"] for r in runs),
-                             "diverged": sum(r["diverged"] for r in runs),
-                             "final_loss_mean": float(np.mean([r["final_loss"] for r in runs])),
-                             "final_loss_per_seed": [r["final_loss"] for r in runs],
-                             "max_grad_norm": max(max(r["grad_norms"]) for r in runs),
-                             "candidate_sigma_max": [r["candidate_sigma_max"] for r in runs]}
-                      for name, runs in models.items()}
-               for rate, models in results.items()}
+                print(
+                    rate,
+                    name,
+                    seed,
+                    {k: v for k, v in run.items() if k not in ("losses", "grad_norms")},
+                    flush=True,
+                )
+    summary = {
+        rate: {
+            name: {
+                "spikes_total": sum(r["spikes"] for r in runs),
+                "diverged": sum(r["diverged"] for r in runs),
+                "final_loss_mean": float(np.mean([r["final_loss"] for r in runs])),
+                "final_loss_per_seed": [r["final_loss"] for r in runs],
+                "max_grad_norm": max(max(r["grad_norms"]) for r in runs),
+                "candidate_sigma_max": [r["candidate_sigma_max"] for r in runs],
+            }
+            for name, runs in models.items()
+        }
+        for rate, models in results.items()
+    }
     print(json.dumps(summary, indent=1))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "stable_gru.json").write_text(json.dumps({
-        "command": f"KERAS_BACKEND={keras.backend.backend()} python benchmarks/stable_gru.py "
-                   f"--seeds {args.seeds} --steps {args.steps} --learning-rates "
-                   + " ".join(f"{r:g}" for r in args.learning_rates),
-        "settings": vars(args), "summary": summary, "runs": results}) + "\n")
+    (RESULTS / "stable_gru.json").write_text(
+        json.dumps(
+            {
+                "command": f"KERAS_BACKEND={keras.backend.backend()} "
+                f"python benchmarks/stable_gru.py --seeds {args.seeds} --steps {args.steps} "
+                "--learning-rates " + " ".join(f"{r:g}" for r in args.learning_rates),
+                "settings": vars(args),
+                "summary": summary,
+                "runs": results,
+            }
+        )
+        + "\n"
+    )
     plot(results, RESULTS / "stable_gru.png")
 
 

@@ -75,15 +75,20 @@ def main():
         env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
         out = subprocess.run(
             [sys.executable, __file__, "--worker", "--steps", str(args.steps)],
-            env=env, capture_output=True, text=True, check=True,
+            env=env,
+            capture_output=True,
+            text=True,
+            check=True,
         )
         results[backend] = json.loads(out.stdout.strip().splitlines()[-1])
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "train_step_time.json").write_text(json.dumps(results, indent=1) + "\n")
     for backend in args.backends:
         for config, row in results[backend].items():
-            print(f"{backend:10s} {config:24s} LN-LSTM {row['ln_lstm']:8.1f} ms  "
-                  f"LSTM {row['lstm']:8.1f} ms  ratio {row['ratio']:.2f}")
+            print(
+                f"{backend:10s} {config:24s} LN-LSTM {row['ln_lstm']:8.1f} ms  "
+                f"LSTM {row['lstm']:8.1f} ms  ratio {row['ratio']:.2f}"
+            )
 
 
 if __name__ == "__main__":

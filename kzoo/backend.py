@@ -159,8 +159,9 @@ def value_and_stopped_gradient(fn, params):
         with torch.enable_grad():
             value = fn(params)
             grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
-        return value, [torch.zeros_like(p) if g is None else g.detach()
-                       for p, g in zip(params, grads)]
+        return value, [
+            torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)
+        ]
     raise ValueError(f"value_and_stopped_gradient: unsupported backend {backend!r}.")
 
 
@@ -183,8 +184,7 @@ def compiled_value_and_grad(fn):
             with tf.GradientTape() as tape:
                 tape.watch(params)
                 value, aux = fn(params, *args)
-            grads = tape.gradient(value, params,
-                                  unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            grads = tape.gradient(value, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
             return (value, aux), grads
 
         return tf.function(value_and_grad, reduce_retracing=True)
@@ -294,10 +294,13 @@ def use_virtual_cpu_devices(count):
         cpu = tf.config.list_physical_devices("CPU")[0]
         try:
             tf.config.set_logical_device_configuration(
-                cpu, [tf.config.LogicalDeviceConfiguration()] * int(count))
+                cpu, [tf.config.LogicalDeviceConfiguration()] * int(count)
+            )
         except RuntimeError as e:
-            raise ValueError(f"use_virtual_cpu_devices: TensorFlow already initialized its "
-                             f"devices ({e}); call it first.") from e
+            raise ValueError(
+                f"use_virtual_cpu_devices: TensorFlow already initialized its "
+                f"devices ({e}); call it first."
+            ) from e
         return
     raise ValueError(f"use_virtual_cpu_devices: no data-parallel engine on {backend!r}.")
 
@@ -330,7 +333,8 @@ def data_parallel(devices=None):
     backend = keras.backend.backend()
     if backend == "jax":
         engine = keras.distribution.DataParallel(
-            devices=devices or keras.distribution.list_devices())
+            devices=devices or keras.distribution.list_devices()
+        )
         with engine.scope():
             yield engine
     elif backend == "tensorflow":
@@ -373,9 +377,11 @@ def global_batch_statistics(model):
         import tensorflow as tf
 
         if tf.distribute.has_strategy():
-            layers = [layer for layer in compat.flatten_layers(model)
-                      if isinstance(layer, keras.layers.BatchNormalization)
-                      and not layer.synchronized]
+            layers = [
+                layer
+                for layer in compat.flatten_layers(model)
+                if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized
+            ]
     for layer in layers:
         layer.synchronized = True
     try:
@@ -397,8 +403,11 @@ def cross_replica_mean(value):
         import tensorflow as tf
 
         context = tf.distribute.get_replica_context()
-        if tf.distribute.has_strategy() and context is not None \
-                and context.num_replicas_in_sync > 1:
+        if (
+            tf.distribute.has_strategy()
+            and context is not None
+            and context.num_replicas_in_sync > 1
+        ):
             return context.all_reduce(tf.distribute.ReduceOp.MEAN, value)
     return value
 

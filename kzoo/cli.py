@@ -23,8 +23,9 @@ import sys
 
 def _table(rows, headers):
     cells = [[str(c) for c in row] for row in rows]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h)
-              for i, h in enumerate(headers)]
+    widths = [
+        max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
     print("\n" + line + "\n" + "  ".join("-" * w for w in widths))
     for row in cells:
@@ -45,7 +46,8 @@ def _check_names(names, optimizers=True):
     if unknown:
         raise ValueError(
             f"unknown name {', '.join(map(repr, unknown))}; models: {', '.join(models)}"
-            + (f"; learned optimizers: {', '.join(learned)}" if learned else "") + "."
+            + (f"; learned optimizers: {', '.join(learned)}" if learned else "")
+            + "."
         )
     return names
 
@@ -92,15 +94,41 @@ def cmd_list(args):
     rows = []
     for name in zoo.list_models():
         item = zoo.entry(name)
-        rows.append([name, item.builder.__name__, item.task, *_recorded(presets, name),
-                     _where(presets, name), item.description])
+        rows.append(
+            [
+                name,
+                item.builder.__name__,
+                item.task,
+                *_recorded(presets, name),
+                _where(presets, name),
+                item.description,
+            ]
+        )
     from kzoo.optimizers import meta
 
     for name, item in sorted(meta.PRESETS.items()):
-        rows.append([name, "LSTMOptimizer", f"meta: {item.family}", *_recorded(presets, name),
-                     _where(presets, name), item.description])
-    _table(rows, ["name", "builder", "task", "test metric", "parameters",
-                  "pretrained (loaded from)", "description"])
+        rows.append(
+            [
+                name,
+                "LSTMOptimizer",
+                f"meta: {item.family}",
+                *_recorded(presets, name),
+                _where(presets, name),
+                item.description,
+            ]
+        )
+    _table(
+        rows,
+        [
+            "name",
+            "builder",
+            "task",
+            "test metric",
+            "parameters",
+            "pretrained (loaded from)",
+            "description",
+        ],
+    )
     print(f"\nUser zoo (kzoo train writes here, searched first): {presets.user_zoo()}")
 
 
@@ -110,7 +138,7 @@ def cmd_info(args):
     path = presets.resolve(args.name)
     metadata = json.loads((path / presets.METADATA_FILE).read_text())
     kind = metadata.get("kind", "model")
-    weights = ("optimizer.weights.npz" if kind == "optimizer" else presets.WEIGHTS_FILE)
+    weights = "optimizer.weights.npz" if kind == "optimizer" else presets.WEIGHTS_FILE
     presets.read_metadata(args.name, weights_file=weights, kind=kind)  # verifies every file
     print(f"{args.name}  ({kind}, {path})")
     print(f"  {metadata.get('description', '')}")
@@ -133,8 +161,10 @@ def cmd_info(args):
         print(f"  {split}: {shown}")
     for file, digest in sorted(metadata["sha256"].items()):
         print(f"  sha256 {file}: {digest}")
-    print(f"  saved with keras {metadata.get('keras_version')} on "
-          f"{metadata.get('backend')}, {metadata.get('date_saved')}")
+    print(
+        f"  saved with keras {metadata.get('keras_version')} on "
+        f"{metadata.get('backend')}, {metadata.get('date_saved')}"
+    )
 
 
 def _output_names(config):
@@ -151,28 +181,46 @@ def cmd_train(args):
     _check_names([args.name])
     if args.name in meta.PRESETS:  # a learned optimizer: meta-train it
         if args.distribute:
-            raise SystemExit("kzoo train: error: --distribute applies to zoo models; "
-                             "meta-training runs on one device.")
-        _, metadata = meta.train_preset(args.name, zoo_dir=args.zoo, epochs=args.epochs,
-                                        overwrite=args.overwrite, seed=args.seed,
-                                        log_dir=args.log_dir)
+            raise SystemExit(
+                "kzoo train: error: --distribute applies to zoo models; "
+                "meta-training runs on one device."
+            )
+        _, metadata = meta.train_preset(
+            args.name,
+            zoo_dir=args.zoo,
+            epochs=args.epochs,
+            overwrite=args.overwrite,
+            seed=args.seed,
+            log_dir=args.log_dir,
+        )
     else:
         if args.virtual_cpus:
             from kzoo import backend
 
             backend.use_virtual_cpu_devices(args.virtual_cpus)
-        _, metadata = training.train(args.name, zoo_dir=args.zoo, epochs=args.epochs,
-                                     overwrite=args.overwrite, seed=args.seed,
-                                     distribute=args.distribute == "data-parallel")
+        _, metadata = training.train(
+            args.name,
+            zoo_dir=args.zoo,
+            epochs=args.epochs,
+            overwrite=args.overwrite,
+            seed=args.seed,
+            distribute=args.distribute == "data-parallel",
+        )
     test = metadata["metrics"]["test"]
     from kzoo.applications import presets
 
-    _table([[args.name, *(_fmt(v) for v in test.values())]],
-           ["name", *(f"test {k}" for k in test)])
+    _table([[args.name, *(_fmt(v) for v in test.values())]], ["name", *(f"test {k}" for k in test)])
     target = presets.training_target(args.name, args.zoo, overwrite=True)
-    print(f"\nWrote {target}; `kzoo evaluate {args.name}` now loads it"
-          + (" (it shadows the shipped preset)" if len(presets.locations(args.name)) > 1
-             and presets.locations(args.name)[0][0] == target else "") + ".")
+    print(
+        f"\nWrote {target}; `kzoo evaluate {args.name}` now loads it"
+        + (
+            " (it shadows the shipped preset)"
+            if len(presets.locations(args.name)) > 1
+            and presets.locations(args.name)[0][0] == target
+            else ""
+        )
+        + "."
+    )
 
 
 _HEADLINE_METRICS = ("bits_per_char", "mean_iou", "segmentation_logits_mean_iou", "accuracy")
@@ -193,8 +241,16 @@ def _evaluate(names):
         match = abs(results["loss"] - recorded["loss"]) <= 1e-3 * max(1.0, recorded["loss"])
         ok &= match
         metric = next(k for k in _HEADLINE_METRICS if k in results)
-        rows.append([name, metric, _fmt(results[metric]), _fmt(results["loss"]),
-                     _fmt(recorded["loss"]), "yes" if match else "NO"])
+        rows.append(
+            [
+                name,
+                metric,
+                _fmt(results[metric]),
+                _fmt(results["loss"]),
+                _fmt(recorded["loss"]),
+                "yes" if match else "NO",
+            ]
+        )
     _table(rows, ["name", "metric", "test value", "test loss", "recorded loss", "matches"])
     return ok
 
@@ -208,22 +264,33 @@ def _evaluate_optimizers(names):
     for name in names:
         _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE, kind="optimizer")
         recorded = metadata["metrics"]["test"]["final_loss"]
-        print(f"evaluating {name} on {metadata['metrics']['test']['problems']} held-out "
-              "problems", file=sys.stderr)
+        print(
+            f"evaluating {name} on {metadata['metrics']['test']['problems']} held-out problems",
+            file=sys.stderr,
+        )
         results = meta.evaluate_preset(name)
         match = abs(results["final_loss"] - recorded) <= 1e-3 * max(1.0, recorded)
         ok &= match
-        rows.append([name, meta.PRESETS[name].family, results["problems"],
-                     _fmt(results["final_loss"]), _fmt(recorded), "yes" if match else "NO"])
-    _table(rows, ["learned optimizer", "problems", "test problems", "final loss",
-                  "recorded", "matches"])
+        rows.append(
+            [
+                name,
+                meta.PRESETS[name].family,
+                results["problems"],
+                _fmt(results["final_loss"]),
+                _fmt(recorded),
+                "yes" if match else "NO",
+            ]
+        )
+    _table(
+        rows,
+        ["learned optimizer", "problems", "test problems", "final loss", "recorded", "matches"],
+    )
     return ok
 
 
 def cmd_evaluate(args):
     from kzoo.applications import presets
     from kzoo.applications import zoo
-
     from kzoo.optimizers import meta
 
     names = _names(args, zoo, presets)
@@ -268,15 +335,35 @@ def _verify(paths, debug=False):
         try:
             report = serving.verify(path)
             diff = max(report.max_abs_diff.values(), default=0.0)
-            rows.append([str(path), ", ".join(report.inputs), ", ".join(report.outputs),
-                         f"{diff:.2e}", report.device,
-                         f"{report.latency_ms['1']:.2f}", f"{report.latency_ms['64']:.2f}", "ok"])
+            rows.append(
+                [
+                    str(path),
+                    ", ".join(report.inputs),
+                    ", ".join(report.outputs),
+                    f"{diff:.2e}",
+                    report.device,
+                    f"{report.latency_ms['1']:.2f}",
+                    f"{report.latency_ms['64']:.2f}",
+                    "ok",
+                ]
+            )
         except serving.VerificationError as e:
             ok = False
             rows.append([str(path), "", "", "", "", "", "", "FAILED"])
             print(e.detail if debug else e, file=sys.stderr)
-    _table(rows, ["export", "inputs", "outputs", "max |diff|", "device",
-                  "ms/batch 1", "ms/batch 64", "status"])
+    _table(
+        rows,
+        [
+            "export",
+            "inputs",
+            "outputs",
+            "max |diff|",
+            "device",
+            "ms/batch 1",
+            "ms/batch 64",
+            "status",
+        ],
+    )
     return ok
 
 
@@ -297,8 +384,7 @@ def cmd_demo(args):
     from kzoo.optimizers import meta
 
     learned = [n for n in sorted(meta.PRESETS) if n in presets.available_presets()]
-    print(f"\nEvaluating {len(learned)} learned optimizers on held-out problems",
-          file=sys.stderr)
+    print(f"\nEvaluating {len(learned)} learned optimizers on held-out problems", file=sys.stderr)
     evaluated &= _evaluate_optimizers(learned)
     paths = _export(names, args.base_dir)
     verified = _verify(paths, args.debug)
@@ -319,15 +405,22 @@ def _positive_int(text):
 
 def build_parser():
     parser = argparse.ArgumentParser(prog="kzoo", description=__doc__.split("\n")[0])
-    parser.add_argument("--backend", choices=["tensorflow", "jax", "torch"],
-                        help="Keras backend (default: $KERAS_BACKEND or tensorflow)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show full tracebacks and subprocess output on errors")
+    parser.add_argument(
+        "--backend",
+        choices=["tensorflow", "jax", "torch"],
+        help="Keras backend (default: $KERAS_BACKEND or tensorflow)",
+    )
+    parser.add_argument(
+        "--debug", action="store_true", help="show full tracebacks and subprocess output on errors"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("list", help="list the registered models and learned optimizers, with "
-                   "their recorded test metric, size and where their preset is loaded "
-                   "from").set_defaults(func=cmd_list)
+    sub.add_parser(
+        "list",
+        help="list the registered models and learned optimizers, with "
+        "their recorded test metric, size and where their preset is loaded "
+        "from",
+    ).set_defaults(func=cmd_list)
 
     p = sub.add_parser("info", help="print a preset's model card (verifies its files)")
     p.add_argument("name", help="a zoo name (kzoo list) or a preset directory path")
@@ -335,18 +428,28 @@ def build_parser():
 
     p = sub.add_parser("train", help="train a model and store it in the zoo")
     p.add_argument("name", help="a registered model or learned optimizer (kzoo list)")
-    p.add_argument("--epochs", type=_positive_int,
-                   help="number of epochs, >= 1 (default: the task's)")
+    p.add_argument(
+        "--epochs", type=_positive_int, help="number of epochs, >= 1 (default: the task's)"
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    p.add_argument("--zoo", help="zoo directory to write to (default: the user zoo, "
-                   "$KZOO_ZOO or ~/.kzoo/zoo, which name lookups search first)")
+    p.add_argument(
+        "--zoo",
+        help="zoo directory to write to (default: the user zoo, "
+        "$KZOO_ZOO or ~/.kzoo/zoo, which name lookups search first)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing preset")
     p.add_argument("--log-dir", help="TensorBoard directory (learned optimizers)")
-    p.add_argument("--distribute", choices=["data-parallel"],
-                   help="train on all devices with the backend's engine (JAX: "
-                   "keras.distribution; TensorFlow: tf.distribute)")
-    p.add_argument("--virtual-cpus", type=_positive_int,
-                   help="split the CPU into N devices (to try --distribute without GPUs)")
+    p.add_argument(
+        "--distribute",
+        choices=["data-parallel"],
+        help="train on all devices with the backend's engine (JAX: "
+        "keras.distribution; TensorFlow: tf.distribute)",
+    )
+    p.add_argument(
+        "--virtual-cpus",
+        type=_positive_int,
+        help="split the CPU into N devices (to try --distribute without GPUs)",
+    )
     p.set_defaults(func=cmd_train)
 
     for command, func, help_text in (
@@ -357,11 +460,16 @@ def build_parser():
         p.add_argument("names", nargs="*", help="zoo names (kzoo list)")
         p.add_argument("--all", action="store_true", help="every pretrained model")
         if command == "export":
-            p.add_argument("--base-dir", default="saved_models",
-                           help="serving base directory, what TF Serving mounts "
-                           "(default: saved_models)")
-            p.add_argument("--version", type=_positive_int,
-                           help="version number, >= 1 (default: the next free one)")
+            p.add_argument(
+                "--base-dir",
+                default="saved_models",
+                help="serving base directory, what TF Serving mounts (default: saved_models)",
+            )
+            p.add_argument(
+                "--version",
+                type=_positive_int,
+                help="version number, >= 1 (default: the next free one)",
+            )
         p.set_defaults(func=func)
 
     p = sub.add_parser("verify", help="verify SavedModel exports in a TF-only process")
@@ -369,8 +477,9 @@ def build_parser():
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("demo", help="evaluate, export and verify every pretrained model")
-    p.add_argument("--base-dir", default="saved_models",
-                   help="serving base directory (default: saved_models)")
+    p.add_argument(
+        "--base-dir", default="saved_models", help="serving base directory (default: saved_models)"
+    )
     p.set_defaults(func=cmd_demo)
     return parser
 
@@ -411,8 +520,7 @@ def main(argv=None):
             print(e.detail, file=sys.stderr)  # e.g. a subprocess' whole stderr
         if args.debug or not isinstance(e, _expected_errors()):
             raise
-        print(f"kzoo {args.command}: error: {_one_line(e)} (--debug for details)",
-              file=sys.stderr)
+        print(f"kzoo {args.command}: error: {_one_line(e)} (--debug for details)", file=sys.stderr)
         raise SystemExit(1) from None
 
 

@@ -87,8 +87,11 @@ def _segmentation_loss(model):
 
 
 def _segmentation_metrics(model):
-    logits = (model.outputs[model.output_names.index("segmentation_logits")]
-              if len(model.outputs) > 1 else model.outputs[0])
+    logits = (
+        model.outputs[model.output_names.index("segmentation_logits")]
+        if len(model.outputs) > 1
+        else model.outputs[0]
+    )
     metrics = [
         keras.metrics.MeanIoU(logits.shape[-1], sparse_y_pred=False, name="mean_iou"),
         keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
@@ -109,7 +112,7 @@ class _Augmented(keras.utils.PyDataset):
         return math.ceil(len(self.x) / self.batch_size)
 
     def __getitem__(self, index):
-        idx = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
         x, y = texture_scenes.augment(self.x[idx], self.y[idx], self.rng)
         return x, self.targets(y)
 
@@ -172,8 +175,11 @@ def builder_args(name):
     bound = inspect.signature(item.builder).bind(**item.builder_args)
     bound.apply_defaults()
     # As recorded in JSON metadata: tuples become lists.
-    return {k: list(v) if isinstance(v, tuple) else v
-            for k, v in bound.arguments.items() if k not in ("weights", "name")}
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in bound.arguments.items()
+        if k not in ("weights", "name")
+    }
 
 
 def evaluate(model, task_name, split="test", verbose="auto"):
@@ -205,9 +211,11 @@ def _split_evenly(engine, batch_size, *arrays):
     across the replicas (JAX's sharding requires it)."""
     replicas = backend.num_replicas(engine)
     if batch_size % replicas:
-        raise ValueError(f"Batch size {batch_size} does not split across {replicas} replicas; "
-                         "use a number of devices that divides it.")
-    return [a[:len(a) - len(a) % replicas] for a in arrays]
+        raise ValueError(
+            f"Batch size {batch_size} does not split across {replicas} replicas; "
+            "use a number of devices that divides it."
+        )
+    return [a[: len(a) - len(a) % replicas] for a in arrays]
 
 
 def train(
@@ -289,8 +297,9 @@ def train(
         f"{name} --epochs {epochs} --seed {seed}"
         + (" --distribute data-parallel" if distribute else ""),
         "initialized_from": item.init_from,
-        "distribution": {"engine": type(engine).__name__,
-                         "replicas": backend.num_replicas(engine)} if distribute else None,
+        "distribution": {"engine": type(engine).__name__, "replicas": backend.num_replicas(engine)}
+        if distribute
+        else None,
         "training": {
             "epochs_run": len(history.history["loss"]),
             "batch_size": task.batch_size,

@@ -55,8 +55,10 @@ def _spd(rng, batch):
 
 
 def _walk_inputs(rng, batch):
-    return [rng.normal(size=(batch, 6, 6, 2)).astype("float32"),
-            rng.uniform(0.1, 1.0, size=(batch, 6, 6, 5)).astype("float32")]
+    return [
+        rng.normal(size=(batch, 6, 6, 2)).astype("float32"),
+        rng.uniform(0.1, 1.0, size=(batch, 6, 6, 5)).astype("float32"),
+    ]
 
 
 SPECS = {
@@ -65,32 +67,57 @@ SPECS = {
     "LayerNormSimpleRNN": Spec(lambda: layers.LayerNormSimpleRNN(4), _sequences),
     "StableGRU": Spec(lambda: layers.StableGRU(4), _sequences),
     "PixelAffinity": Spec(lambda: layers.PixelAffinity(radius=1), _images),
-    "RandomWalk": Spec(lambda: layers.RandomWalk(mode="converged", alpha=0.5), _walk_inputs,
-                       extra_cases=("negative_affinity",)),
-    "EMAttention": Spec(lambda: layers.EMAttention(num_bases=2, iterations=2),
-                        lambda rng, b: _images(rng, b, 4)),
-    "HighwayEM": Spec(lambda: layers.HighwayEM(num_bases=2, iterations=2),
-                      lambda rng, b: _images(rng, b, 4)),
+    "RandomWalk": Spec(
+        lambda: layers.RandomWalk(mode="converged", alpha=0.5),
+        _walk_inputs,
+        extra_cases=("negative_affinity",),
+    ),
+    "EMAttention": Spec(
+        lambda: layers.EMAttention(num_bases=2, iterations=2), lambda rng, b: _images(rng, b, 4)
+    ),
+    "HighwayEM": Spec(
+        lambda: layers.HighwayEM(num_bases=2, iterations=2), lambda rng, b: _images(rng, b, 4)
+    ),
     "SecondOrderPooling": Spec(lambda: layers.SecondOrderPooling(), _images),
-    "LogEig": Spec(lambda: layers.LogEig(), _spd, extra_cases=("asymmetric", "not_psd"),
-                   clamps=("not_psd",)),
-    "MatrixPower": Spec(lambda: layers.MatrixPower(0.5), _spd,
-                        extra_cases=("asymmetric", "not_psd"), clamps=("not_psd",)),
+    "LogEig": Spec(
+        lambda: layers.LogEig(), _spd, extra_cases=("asymmetric", "not_psd"), clamps=("not_psd",)
+    ),
+    "MatrixPower": Spec(
+        lambda: layers.MatrixPower(0.5),
+        _spd,
+        extra_cases=("asymmetric", "not_psd"),
+        clamps=("not_psd",),
+    ),
     "MatrixSqrt(newton_schulz)": Spec(
-        lambda: layers.MatrixSqrt(method="newton_schulz", iterations=8), _spd,
-        extra_cases=("asymmetric", "not_psd")),
+        lambda: layers.MatrixSqrt(method="newton_schulz", iterations=8),
+        _spd,
+        extra_cases=("asymmetric", "not_psd"),
+    ),
     "UpperTriangle": Spec(lambda: layers.UpperTriangle(), _spd, extra_cases=("asymmetric",)),
-    "NormalizedCut": Spec(lambda: layers.NormalizedCut(2),
-                          lambda rng, b: rng.normal(size=(b, 3, 3, 2)).astype("float32")),
+    "NormalizedCut": Spec(
+        lambda: layers.NormalizedCut(2),
+        lambda rng, b: rng.normal(size=(b, 3, 3, 2)).astype("float32"),
+    ),
     "FilterBasis": Spec(lambda: layers.FilterBasis(4), _images),
-    "SharedBasisConv2D": Spec(lambda: layers.SharedBasisConv2D(5, layers.FilterBasis(4)),
-                              _images),
-    "FiniteBatchNormalization": Spec(lambda: layers.FiniteBatchNormalization(),
-                                     lambda rng, b: rng.normal(size=(b, 6, 3)).astype("float32")),
+    "SharedBasisConv2D": Spec(lambda: layers.SharedBasisConv2D(5, layers.FilterBasis(4)), _images),
+    "FiniteBatchNormalization": Spec(
+        lambda: layers.FiniteBatchNormalization(),
+        lambda rng, b: rng.normal(size=(b, 6, 3)).astype("float32"),
+    ),
 }
 
-CASES = ("wrong_rank", "wrong_last_dim", "nan", "inf", "huge", "empty_batch",
-         "zero_size_axis", "float16", "bfloat16", "int32")
+CASES = (
+    "wrong_rank",
+    "wrong_last_dim",
+    "nan",
+    "inf",
+    "huge",
+    "empty_batch",
+    "zero_size_axis",
+    "float16",
+    "bfloat16",
+    "int32",
+)
 
 
 def cases(name):
@@ -170,8 +197,11 @@ def _names_layer(error, layer):
 
 def _example_outputs(outputs, example):
     outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    return [np.asarray(ops.convert_to_numpy(ops.cast(o, "float32")))[example] for o in outputs
-            if o is not None and len(o.shape) and o.shape[0] > example]
+    return [
+        np.asarray(ops.convert_to_numpy(ops.cast(o, "float32")))[example]
+        for o in outputs
+        if o is not None and len(o.shape) and o.shape[0] > example
+    ]
 
 
 def judge(layer, case, call, example=0):
@@ -189,7 +219,8 @@ def judge(layer, case, call, example=0):
         return "ok"
     finite = all(np.all(np.isfinite(v)) for v in values)
     if case in ("nan", "inf", "asymmetric", "negative_affinity", "zero_size_axis") or (
-            case == "not_psd" and case not in SPECS[_spec_name(layer)].clamps):
+        case == "not_psd" and case not in SPECS[_spec_name(layer)].clamps
+    ):
         return "silent" if finite else "propagated"
     # Valid inputs (other dtypes, 1e20, a documented clamp): an answer is expected.
     if case == "huge":
@@ -207,8 +238,9 @@ def _spec_name(layer):
 def compiled_predict(layer, inputs):
     """`layer` inside a functional model's `predict` (compiled on TF and JAX)."""
     multiple = isinstance(inputs, list)
-    tensors = [keras.Input(x.shape[1:], dtype=str(x.dtype)) for x in
-               (inputs if multiple else [inputs])]
+    tensors = [
+        keras.Input(x.shape[1:], dtype=str(x.dtype)) for x in (inputs if multiple else [inputs])
+    ]
     model = keras.Model(tensors, layer(tensors if multiple else tensors[0]))
     return model.predict(inputs, verbose=0, batch_size=len(inputs[0] if multiple else inputs))
 

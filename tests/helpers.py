@@ -89,7 +89,6 @@ def np_ln_simple_rnn(x, w, eps):
     return np.stack(outputs, 1), h
 
 
-
 def assert_texture_patch_preset_reproduces(name):
     """A texture-patches zoo preset scores its recorded test metrics."""
     from kzoo import applications

@@ -33,13 +33,15 @@ def _layer(name):
     return _LAYERS[name]
 
 
-_PROFILE = settings(max_examples=3, deadline=None, derandomize=True,
-                    suppress_health_check=[HealthCheck.too_slow])
+_PROFILE = settings(
+    max_examples=3, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
 
 
-@pytest.mark.parametrize("name, case", [
-    (name, case) for name in sorted(bad_inputs.SPECS) for case in bad_inputs.cases(name)
-])
+@pytest.mark.parametrize(
+    "name, case",
+    [(name, case) for name in sorted(bad_inputs.SPECS) for case in bad_inputs.cases(name)],
+)
 @_PROFILE
 @given(data=st.data())
 def test_bad_inputs_get_a_clear_error_or_a_visible_nan(name, case, data):
@@ -47,22 +49,34 @@ def test_bad_inputs_get_a_clear_error_or_a_visible_nan(name, case, data):
     example = data.draw(st.integers(0, batch - 1), label="example")
     position = data.draw(st.floats(0.0, 1.0), label="position")
     magnitude = data.draw(st.sampled_from([1e20, -1e20, 3e38]), label="magnitude")
-    inputs = bad_inputs.corrupt(name, case, np.random.default_rng(example), batch=batch,
-                                example=example, position=position, magnitude=magnitude)
+    inputs = bad_inputs.corrupt(
+        name,
+        case,
+        np.random.default_rng(example),
+        batch=batch,
+        example=example,
+        position=position,
+        magnitude=magnitude,
+    )
     layer = _layer(name)
     outcome = bad_inputs.judge(layer, case, lambda: layer(inputs), example=example)
     assert outcome in bad_inputs.GOOD, (name, case, outcome)
 
 
-@pytest.mark.parametrize("name, case", [
-    (name, case) for name in sorted(bad_inputs.SPECS)
-    for case in ("nan",) + bad_inputs.SPECS[name].extra_cases
-])
+@pytest.mark.parametrize(
+    "name, case",
+    [
+        (name, case)
+        for name in sorted(bad_inputs.SPECS)
+        for case in ("nan",) + bad_inputs.SPECS[name].extra_cases
+    ],
+)
 def test_value_contracts_hold_in_compiled_predict(name, case):
     layer = bad_inputs.built_layer(name)
     inputs = bad_inputs.corrupt(name, case, np.random.default_rng(0), batch=2, example=1)
-    outcome = bad_inputs.judge(layer, case, lambda: bad_inputs.compiled_predict(layer, inputs),
-                               example=1)
+    outcome = bad_inputs.judge(
+        layer, case, lambda: bad_inputs.compiled_predict(layer, inputs), example=1
+    )
     assert outcome in bad_inputs.GOOD, outcome
     if outcome == "propagated":  # the good example of the batch is untouched
         clean = bad_inputs.SPECS[name].inputs(np.random.default_rng(0), 2)

@@ -27,9 +27,14 @@ def test_list_shows_registered_models(capsys):
 def test_info_prints_the_model_card(capsys):
     cli.main(["info", "rwn_texture_scenes"])
     out = capsys.readouterr().out
-    for expected in ("builder: RWN", "input image: float32 [None, 64, 64, 3]",
-                     "outputs: segmentation_logits, affinities", "test: ", "sha256 config.json",
-                     "training_command: "):
+    for expected in (
+        "builder: RWN",
+        "input image: float32 [None, 64, 64, 3]",
+        "outputs: segmentation_logits, affinities",
+        "test: ",
+        "sha256 config.json",
+        "training_command: ",
+    ):
         assert expected in out, expected
     cli.main(["info", "lstm_optimizer_digits_mlp"])
     assert "(optimizer, " in capsys.readouterr().out
@@ -67,9 +72,11 @@ def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):
     assert err.count("\n") == 1 and "already holds a preset" in err
     # Invalid arguments: argparse's usage line and one error line, exit 2.
     assert "must be an integer >= 1" in _fails(
-        capsys, ["train", "lnlstm_digits", "--epochs", "0"], code=2)
+        capsys, ["train", "lnlstm_digits", "--epochs", "0"], code=2
+    )
     assert "must be an integer >= 1" in _fails(
-        capsys, ["export", "lnlstm_digits", "--version", "-5"], code=2)
+        capsys, ["export", "lnlstm_digits", "--version", "-5"], code=2
+    )
     # An OSError: the base directory is a file.
     (tmp_path / "file").write_text("")
     err = _fails(capsys, ["export", "lnlstm_digits", "--base-dir", str(tmp_path / "file")])
@@ -82,8 +89,9 @@ def test_errors_are_one_line_with_a_nonzero_exit(tmp_path, capsys):
 def test_verify_prints_one_line_per_failed_export(tmp_path, capsys):
     for name in ("a", "b"):
         (tmp_path / name).mkdir()
-    err = _fails(capsys, ["verify", str(tmp_path / "a"), str(tmp_path / "b")],
-                 code="verification failed")
+    err = _fails(
+        capsys, ["verify", str(tmp_path / "a"), str(tmp_path / "b")], code="verification failed"
+    )
     lines = [line for line in err.splitlines() if not line.startswith("verifying ")]
     assert len(lines) == 2 and all("not a kzoo SavedModel export" in line for line in lines)
 
@@ -92,13 +100,19 @@ def test_train_writes_to_the_user_zoo_and_list_says_it_shadows(tmp_path, capsys,
     from kzoo.optimizers import LSTMOptimizer
     from kzoo.optimizers import meta
 
-    quick = dataclasses.replace(meta.PRESETS["lstm_optimizer_quadratic"], episodes_per_epoch=3,
-                                trainer_args={**meta.PRESETS["lstm_optimizer_quadratic"]
-                                              .trainer_args, "validation_problems": 8})
+    quick = dataclasses.replace(
+        meta.PRESETS["lstm_optimizer_quadratic"],
+        episodes_per_epoch=3,
+        trainer_args={
+            **meta.PRESETS["lstm_optimizer_quadratic"].trainer_args,
+            "validation_problems": 8,
+        },
+    )
     monkeypatch.setitem(meta.PRESETS, "lstm_optimizer_quadratic", quick)
     monkeypatch.setenv("KZOO_ZOO", str(tmp_path / "user_zoo"))
-    cli.main(["train", "lstm_optimizer_quadratic", "--epochs", "2",
-              "--log-dir", str(tmp_path / "tb")])
+    cli.main(
+        ["train", "lstm_optimizer_quadratic", "--epochs", "2", "--log-dir", str(tmp_path / "tb")]
+    )
     out = capsys.readouterr().out
     preset = tmp_path / "user_zoo" / "lstm_optimizer_quadratic"
     assert "test final_loss" in out and f"Wrote {preset}" in out and "shadows" in out
@@ -107,8 +121,11 @@ def test_train_writes_to_the_user_zoo_and_list_says_it_shadows(tmp_path, capsys,
     cli.main(["evaluate", "lstm_optimizer_quadratic"])
     assert "yes" in capsys.readouterr().out  # matches the user preset's recorded loss
     cli.main(["list"])
-    row = next(line for line in capsys.readouterr().out.splitlines()
-               if line.startswith("lstm_optimizer_quadratic"))
+    row = next(
+        line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("lstm_optimizer_quadratic")
+    )
     assert f"user: {preset} (SHADOWS the shipped preset)" in row
     err = _fails(capsys, ["train", "lstm_optimizer_quadratic"])
     assert "already holds a preset" in err
@@ -116,8 +133,18 @@ def test_train_writes_to_the_user_zoo_and_list_says_it_shadows(tmp_path, capsys,
 
 def test_non_editable_install_loads_the_zoo(tmp_path):
     subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-         "-q", "-w", str(tmp_path / "dist"), str(ROOT)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--no-build-isolation",
+            "-q",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
         check=True,
     )
     (wheel,) = (tmp_path / "dist").glob("kzoo-*.whl")
@@ -125,8 +152,17 @@ def test_non_editable_install_loads_the_zoo(tmp_path):
     assert "kzoo/saved_models/lnlstm_digits/model.weights.h5" in names
     assert not [n for n in names if "/serving/" in n and n.startswith("kzoo/saved_models")]
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--no-deps", "-q",
-         "--target", str(tmp_path / "site"), str(wheel)],
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "--no-deps",
+            "-q",
+            "--target",
+            str(tmp_path / "site"),
+            str(wheel),
+        ],
         check=True,
     )
     script = (
@@ -140,7 +176,11 @@ def test_non_editable_install_loads_the_zoo(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "KZOO_ZOO"}
     env["PYTHONPATH"] = str(tmp_path / "site")
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=tmp_path, env=env,
-        capture_output=True, text=True, check=True,
+        [sys.executable, "-c", script],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
     )
     assert '"accuracy": 0.96' in result.stdout, result.stdout + result.stderr[-2000:]

@@ -11,7 +11,10 @@ from kzoo.datasets import texture_patches
 
 def test_digits_splits_are_disjoint_stratified_and_complete():
     data = load_digits()
-    key = lambda image, label: (image.astype("float32") / 16.0).tobytes() + bytes([label])
+
+    def key(image, label):
+        return (image.astype("float32") / 16.0).tobytes() + bytes([label])
+
     everything = {key(i, t) for i, t in zip(data.images, data.target)}
     union, total = set(), 0
     for split in digits.SPLITS:
@@ -31,8 +34,11 @@ def test_digits_splits_are_disjoint_stratified_and_complete():
 def test_stdlib_text_splits_are_disjoint_by_module():
     files = {s: {p.name for p in stdlib_text.source_files(s)} for s in stdlib_text.SPLITS}
     assert files["train"] and files["validation"] and files["test"]
-    assert not (files["train"] & files["validation"] or files["train"] & files["test"]
-                or files["validation"] & files["test"])
+    assert not (
+        files["train"] & files["validation"]
+        or files["train"] & files["test"]
+        or files["validation"] & files["test"]
+    )
     total = sum(len(f) for f in files.values())
     assert 0.7 < len(files["train"]) / total < 0.9
     assert "os.py" in set().union(*files.values())
@@ -44,8 +50,10 @@ def test_stdlib_text_windows_predict_the_next_character():
     assert len(x) == 20_000 // 33
     np.testing.assert_array_equal(x[:, 1:], y[:, :-1])
     # Consecutive, non-overlapping windows of the split's concatenated files.
-    text = "\n".join(p.read_text(encoding="utf-8", errors="replace")
-                     for p in stdlib_text.source_files("validation"))
+    text = "\n".join(
+        p.read_text(encoding="utf-8", errors="replace")
+        for p in stdlib_text.source_files("validation")
+    )
     windows = np.concatenate([x, y[:, -1:]], axis=1).ravel()
     np.testing.assert_array_equal(windows, stdlib_text.encode(text[: windows.size]))
     assert x.max() < stdlib_text.VOCAB_SIZE and x.min() >= 2
@@ -53,8 +61,9 @@ def test_stdlib_text_windows_predict_the_next_character():
 
 def test_stdlib_text_encoding_round_trip_and_unknown_characters():
     text = "def f(x):\n\treturn x ~ 1\n"
-    np.testing.assert_array_equal(stdlib_text.encode(text), stdlib_text.encode(
-        stdlib_text.decode(stdlib_text.encode(text))))
+    np.testing.assert_array_equal(
+        stdlib_text.encode(text), stdlib_text.encode(stdlib_text.decode(stdlib_text.encode(text)))
+    )
     assert stdlib_text.decode(stdlib_text.encode(text)) == text
     assert stdlib_text.encode("é")[0] == stdlib_text.OOV_ID
     assert stdlib_text.VOCAB_SIZE == 99

@@ -59,8 +59,8 @@ def run(distributed):
                 model.get_layer("fc7_dropout").rate = 0.0
             x, y = texture_scenes.load("train")
             x, y = x[:32], {"segmentation_logits": y[:32]}
-            model.compile(keras.optimizers.SGD(0.05), {
-                "segmentation_logits": keras.losses.SparseCategoricalCrossentropy(from_logits=True)})
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            model.compile(keras.optimizers.SGD(0.05), {"segmentation_logits": loss})
             batch = 16
         with backend.global_batch_statistics(model):
             model.fit(x, y, batch_size=batch, epochs=2, shuffle=False, verbose=0)
@@ -99,14 +99,17 @@ CASES = [
 
 def _run(backend, case):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    done = subprocess.run([sys.executable, "-c", _SCRIPT, case], capture_output=True,
-                          text=True, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, case], capture_output=True, text=True, env=env
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="runs its own TensorFlow and JAX processes; run once")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="runs its own TensorFlow and JAX processes; run once",
+)
 @pytest.mark.parametrize("backend_name,case,tolerance", CASES)
 def test_two_replicas_match_one_device(backend_name, case, tolerance):
     result = _run(backend_name, case)
@@ -126,16 +129,35 @@ def test_torch_has_no_engine_and_says_so():
             pass
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="runs its own TensorFlow and JAX processes; run once")
-@pytest.mark.parametrize("backend_name,engine", [("tensorflow", "MirroredStrategy"),
-                                                 ("jax", "DataParallel")])
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="runs its own TensorFlow and JAX processes; run once",
+)
+@pytest.mark.parametrize(
+    "backend_name,engine", [("tensorflow", "MirroredStrategy"), ("jax", "DataParallel")]
+)
 def test_kzoo_train_distribute_records_the_engine(tmp_path, backend_name, engine):
     env = {**os.environ, "KERAS_BACKEND": backend_name, "TF_CPP_MIN_LOG_LEVEL": "3"}
     done = subprocess.run(
-        [sys.executable, "-m", "kzoo.cli", "train", "lstm_digits", "--epochs", "1",
-         "--zoo", str(tmp_path), "--distribute", "data-parallel", "--virtual-cpus", "2"],
-        capture_output=True, text=True, env=env)
+        [
+            sys.executable,
+            "-m",
+            "kzoo.cli",
+            "train",
+            "lstm_digits",
+            "--epochs",
+            "1",
+            "--zoo",
+            str(tmp_path),
+            "--distribute",
+            "data-parallel",
+            "--virtual-cpus",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     metadata = json.loads((tmp_path / "lstm_digits" / "metadata.json").read_text())
     assert metadata["distribution"] == {"engine": engine, "replicas": 2}

@@ -8,8 +8,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_every_cited_equation_section_exists():
     sections = set(re.findall(r"^## (S\d+):", (ROOT / "docs" / "equations.md").read_text(), re.M))
-    sources = [*ROOT.glob("kzoo/**/*.py"), *ROOT.glob("tests/*.py"), ROOT / "README.md",
-               ROOT / "BENCHMARKS.md"]
+    sources = [
+        *ROOT.glob("kzoo/**/*.py"),
+        *ROOT.glob("tests/*.py"),
+        ROOT / "README.md",
+        ROOT / "BENCHMARKS.md",
+    ]
     cited = set()
     for path in sources:
         if path == Path(__file__):
@@ -37,14 +41,18 @@ def test_readme_zoo_table_matches_the_presets_metadata():
 
     from kzoo.applications import presets
 
-    rows = re.findall(r"^\| `(\w+)` \| [^|]+ \| [^|]+ \| (accuracy|mean IoU) ([\d.]+) \|$|"
-                      r"^\| `(\w+)` \| [^|]+ \| [^|]+ \| ([\d.]+) bits/char \|$",
-                      (ROOT / "README.md").read_text(), re.M)
+    rows = re.findall(
+        r"^\| `(\w+)` \| [^|]+ \| [^|]+ \| (accuracy|mean IoU) ([\d.]+) \|$|"
+        r"^\| `(\w+)` \| [^|]+ \| [^|]+ \| ([\d.]+) bits/char \|$",
+        (ROOT / "README.md").read_text(),
+        re.M,
+    )
     checked = set()
     for name, metric, value, lm_name, bits in rows:
         name = name or lm_name
-        test = json.loads((presets.resolve(name) / presets.METADATA_FILE).read_text())[
-            "metrics"]["test"]
+        test = json.loads((presets.resolve(name) / presets.METADATA_FILE).read_text())["metrics"][
+            "test"
+        ]
         if bits:
             recorded, shown = test["loss"] / math.log(2.0), bits
         elif metric == "accuracy":
@@ -56,7 +64,9 @@ def test_readme_zoo_table_matches_the_presets_metadata():
         assert round(recorded, decimals) == float(shown), (name, recorded, shown)
         checked.add(name)
     assert checked == set(presets.available_presets()) - {
-        "lstm_optimizer_digits_mlp", "lstm_optimizer_quadratic"}, checked
+        "lstm_optimizer_digits_mlp",
+        "lstm_optimizer_quadratic",
+    }, checked
 
 
 def test_readme_learned_optimizer_table_matches_the_presets_metadata():
@@ -64,12 +74,18 @@ def test_readme_learned_optimizer_table_matches_the_presets_metadata():
 
     from kzoo.applications import presets
 
-    rows = re.findall(r"^\| `(lstm_optimizer_\w+)` \| [^|]+ \| ([\d.]+) \((\d+) problems\) \|",
-                      (ROOT / "README.md").read_text(), re.M)
-    assert {name for name, _, _ in rows} == {"lstm_optimizer_digits_mlp",
-                                             "lstm_optimizer_quadratic"}
+    rows = re.findall(
+        r"^\| `(lstm_optimizer_\w+)` \| [^|]+ \| ([\d.]+) \((\d+) problems\) \|",
+        (ROOT / "README.md").read_text(),
+        re.M,
+    )
+    assert {name for name, _, _ in rows} == {
+        "lstm_optimizer_digits_mlp",
+        "lstm_optimizer_quadratic",
+    }
     for name, shown, problems in rows:
-        test = json.loads((presets.resolve(name) / presets.METADATA_FILE).read_text())[
-            "metrics"]["test"]
+        test = json.loads((presets.resolve(name) / presets.METADATA_FILE).read_text())["metrics"][
+            "test"
+        ]
         assert round(test["final_loss"], len(shown.split(".")[1])) == float(shown), name
         assert test["problems"] == int(problems), name

@@ -14,7 +14,8 @@ import kzoo
 pytestmark = pytest.mark.multibackend
 
 MODULES = sorted(
-    m.name for m in pkgutil.walk_packages(kzoo.__path__, "kzoo.")
+    m.name
+    for m in pkgutil.walk_packages(kzoo.__path__, "kzoo.")
     if not m.name.rsplit(".", 1)[-1].startswith("_")
 )
 

@@ -106,8 +106,11 @@ class EMLayersTest(testing.TestCase):
         highway.set_weights(unrolled.get_weights())
         self.assertAllClose(highway(x), unrolled(x), atol=0)
         loss = lambda layer: lambda v: ops.sum(ops.square(layer(v, training=False)))  # noqa: E731
-        self.assertAllClose(helpers.gradients(loss(highway), x)[0],
-                            helpers.gradients(loss(unrolled), x)[0], atol=1e-6)
+        self.assertAllClose(
+            helpers.gradients(loss(highway), x)[0],
+            helpers.gradients(loss(unrolled), x)[0],
+            atol=1e-6,
+        )
 
     def test_running_mean_of_bases_updates_in_fit_only(self):
         x = np.random.default_rng(1).normal(size=(8, 4, 4, 6)).astype("float32")
@@ -124,9 +127,13 @@ class EMLayersTest(testing.TestCase):
 
     def test_round_trip(self):
         x = np.random.default_rng(2).normal(size=(2, 4, 4, 6)).astype("float32")
-        model = keras.Sequential([keras.Input((4, 4, 6)),
-                                  em.HighwayEM(3, 5, gamma=0.4, learnable_gamma=True),
-                                  em.EMAttention(3, 2)])
+        model = keras.Sequential(
+            [
+                keras.Input((4, 4, 6)),
+                em.HighwayEM(3, 5, gamma=0.4, learnable_gamma=True),
+                em.EMAttention(3, 2),
+            ]
+        )
         path = os.path.join(self.get_temp_dir(), "em.keras")
         model.save(path)
         loaded = keras.saving.load_model(path)
@@ -169,16 +176,23 @@ print(json.dumps({"devices": len(keras.distribution.list_devices("cpu")),
 """
 
 
-@pytest.mark.skipif(keras.backend.backend() != "tensorflow",
-                    reason="backend-independent (its own JAX process); run once")
+@pytest.mark.skipif(
+    keras.backend.backend() != "tensorflow",
+    reason="backend-independent (its own JAX process); run once",
+)
 def test_running_mean_is_the_global_batch_mean_under_data_parallel():
     """On 2 JAX CPU replicas the stored bases match a single-device run."""
     import json
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _DATA_PARALLEL], capture_output=True,
-                          text=True, check=True, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    done = subprocess.run(
+        [sys.executable, "-c", _DATA_PARALLEL],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+    )
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["devices"] == 2
     assert result["max_diff"] < 1e-5

@@ -19,8 +19,13 @@ def _data(seed=0):
 
 def test_loss_gradients_match_the_analytic_gradient_and_leave_state_alone():
     x, y = _data()
-    model = keras.Sequential([keras.Input((5,)), keras.layers.BatchNormalization(name="bn"),
-                              keras.layers.Dense(3, name="dense")])
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.BatchNormalization(name="bn"),
+            keras.layers.Dense(3, name="dense"),
+        ]
+    )
     model.compile("sgd", "mse")
     model.layers[0].moving_mean.assign(np.full(5, 0.5, "float32"))
     state = [np.array(v) for v in model.non_trainable_variables]
@@ -29,24 +34,28 @@ def test_loss_gradients_match_the_analytic_gradient_and_leave_state_alone():
     h = (x - x.mean(0)) / np.sqrt(x.var(0) + 1e-3)
     kernel, bias = (np.array(v) for v in model.layers[1].weights)
     residual = h @ kernel + bias - y
-    np.testing.assert_allclose(loss, np.mean(residual ** 2), rtol=1e-5)
+    np.testing.assert_allclose(loss, np.mean(residual**2), rtol=1e-5)
     names = [v.path.split("/", 1)[1] for v in model.trainable_variables]
     got = dict(zip(names, grads))
-    np.testing.assert_allclose(got["dense/kernel"], 2 * h.T @ residual / residual.size,
-                               rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(got["dense/bias"], 2 * residual.sum(0) / residual.size,
-                               rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(
+        got["dense/kernel"], 2 * h.T @ residual / residual.size, rtol=1e-4, atol=1e-6
+    )
+    np.testing.assert_allclose(
+        got["dense/bias"], 2 * residual.sum(0) / residual.size, rtol=1e-4, atol=1e-6
+    )
     for before, after in zip(state, model.non_trainable_variables):
         np.testing.assert_array_equal(before, np.array(after))
 
 
 def test_flags_a_vanishing_layer_and_logs_in_fit(tmp_path):
     x, y = _data(1)
-    model = keras.Sequential([
-        keras.Input((5,)),
-        keras.layers.Dense(8, activation="relu", name="first"),
-        keras.layers.Dense(3, kernel_initializer="zeros", name="last"),
-    ])
+    model = keras.Sequential(
+        [
+            keras.Input((5,)),
+            keras.layers.Dense(8, activation="relu", name="first"),
+            keras.layers.Dense(3, kernel_initializer="zeros", name="last"),
+        ]
+    )
     model.compile("sgd", "mse")
     callback = GradientFlow((x, y), log_dir=str(tmp_path), vanishing_threshold=1e-9)
     callback.set_model(model)

@@ -24,8 +24,10 @@ def _randomize(layer, seed=0):
     """Non-trivial values for every weight, gains and biases included."""
     rng = np.random.default_rng(seed)
     layer.set_weights(
-        [rng.normal(size=w.shape) * (0.5 if w.ndim == 2 else 0.3) + (w.ndim == 1) * 0.2
-         for w in layer.get_weights()]
+        [
+            rng.normal(size=w.shape) * (0.5 if w.ndim == 2 else 0.3) + (w.ndim == 1) * 0.2
+            for w in layer.get_weights()
+        ]
     )
     return [w.astype("float64") for w in layer.get_weights()]
 
@@ -35,9 +37,7 @@ def _call(layer, x):
 
 
 class LayerNormRNNTest(testing.TestCase):
-    @parameterized.named_parameters(
-        ("lstm", "lstm"), ("gru", "gru"), ("simple", "simple")
-    )
+    @parameterized.named_parameters(("lstm", "lstm"), ("gru", "gru"), ("simple", "simple"))
     def test_run_layer_test(self, kind):
         layer_cls, _, n_weights = LAYERS[kind]
         self.run_layer_test(
@@ -77,9 +77,7 @@ class LayerNormRNNTest(testing.TestCase):
                 supports_masking=True,
             )
 
-    @parameterized.named_parameters(
-        ("lstm", "lstm"), ("gru", "gru"), ("simple", "simple")
-    )
+    @parameterized.named_parameters(("lstm", "lstm"), ("gru", "gru"), ("simple", "simple"))
     def test_matches_numpy_reference(self, kind):
         layer_cls, reference, _ = LAYERS[kind]
         x = np.random.default_rng(1).normal(size=(3, 6, 5))
@@ -95,8 +93,12 @@ class LayerNormRNNTest(testing.TestCase):
     def test_pure_layer_norm(self):
         x = np.random.default_rng(2).normal(size=(4, 7)) * 3 + 1
         gamma, beta = np.linspace(0.5, 2, 7), np.linspace(-1, 1, 7)
-        got = kl.layer_norm(keras.ops.convert_to_tensor(x.astype("float32")),
-                            gamma.astype("float32"), beta.astype("float32"), 1e-5)
+        got = kl.layer_norm(
+            keras.ops.convert_to_tensor(x.astype("float32")),
+            gamma.astype("float32"),
+            beta.astype("float32"),
+            1e-5,
+        )
         self.assertAllClose(got, helpers.np_layer_norm(x, gamma, beta, 1e-5), atol=1e-5)
 
     @parameterized.named_parameters(("lstm", "lstm"), ("gru", "gru"))
@@ -147,9 +149,7 @@ class LayerNormRNNTest(testing.TestCase):
             layer.set_weights(list(kernels) + [bias])
             self.assertGreater(np.abs(_call(layer, transformed_x) - base).max(), 1e-3)
 
-    @parameterized.named_parameters(
-        ("lstm", "lstm"), ("gru", "gru"), ("simple", "simple")
-    )
+    @parameterized.named_parameters(("lstm", "lstm"), ("gru", "gru"), ("simple", "simple"))
     def test_gradients_flow_through_100_steps(self, kind):
         keras.utils.set_random_seed(0)
         layer = LAYERS[kind][0](8)
@@ -213,7 +213,8 @@ class LayerNormRNNTest(testing.TestCase):
         layer = kl.LayerNormLSTM(8, dropout=0.5, recurrent_dropout=0.5, seed=0)
         self.assertAllClose(layer(x), layer(x))
         self.assertGreater(
-            np.abs(keras.ops.convert_to_numpy(layer(x, training=True)) - _call(layer, x)).max(), 1e-4
+            np.abs(keras.ops.convert_to_numpy(layer(x, training=True)) - _call(layer, x)).max(),
+            1e-4,
         )
 
     def test_keras_file_round_trip(self):

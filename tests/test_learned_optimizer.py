@@ -23,7 +23,9 @@ PRESET = "lstm_optimizer_digits_mlp"
 def np_preprocess(g, p=10.0):
     out = np.empty(g.shape + (2,))
     for idx, v in np.ndenumerate(g):
-        out[idx] = (np.log(abs(v)) / p, np.sign(v)) if abs(v) >= np.exp(-p) else (-1.0, np.exp(p) * v)
+        out[idx] = (
+            (np.log(abs(v)) / p, np.sign(v)) if abs(v) >= np.exp(-p) else (-1.0, np.exp(p) * v)
+        )
     return out
 
 
@@ -35,7 +37,7 @@ def np_step(phi, g, state, scale, preprocess):
     for idx, v in np.ndenumerate(g):
         x = np_preprocess(np.array(v))[()] if preprocess else np.array([v])
         for layer in range(layers):
-            kernel, recurrent, bias = phi[3 * layer:3 * layer + 3]
+            kernel, recurrent, bias = phi[3 * layer : 3 * layer + 3]
             h, c = state[2 * layer][idx], state[2 * layer + 1][idx]
             i, f, cand, o = np.split(x @ kernel + h @ recurrent + bias, 4)
             c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(cand)
@@ -48,8 +50,12 @@ def np_step(phi, g, state, scale, preprocess):
 
 def test_preprocessing_matches_the_paper():
     g = np.array([3.0, -2e-3, 1e-5, -1e-6, 0.0, np.exp(-10.0)], "float32")
-    np.testing.assert_allclose(ops.convert_to_numpy(learned.preprocess_gradients(g)),
-                               np_preprocess(g.astype("float64")), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        ops.convert_to_numpy(learned.preprocess_gradients(g)),
+        np_preprocess(g.astype("float64")),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 @pytest.mark.parametrize("preprocess", [True, False])
@@ -60,8 +66,13 @@ def test_step_matches_numpy_reference(preprocess):
     g = (rng.standard_normal((3, 4)) * np.logspace(-6, 1, 12).reshape(3, 4)).astype("float32")
     state = [rng.standard_normal((3, 4, 5)).astype("float32") * 0.5 for _ in range(4)]
     update, new_state = learned.step(phi, g, state, output_scale=0.1, preprocess=preprocess)
-    ref_update, ref_state = np_step([p.astype("float64") for p in phi], g.astype("float64"),
-                                    [s.astype("float64") for s in state], 0.1, preprocess)
+    ref_update, ref_state = np_step(
+        [p.astype("float64") for p in phi],
+        g.astype("float64"),
+        [s.astype("float64") for s in state],
+        0.1,
+        preprocess,
+    )
     np.testing.assert_allclose(ops.convert_to_numpy(update), ref_update, rtol=1e-4, atol=1e-6)
     for a, b in zip(new_state, ref_state):
         np.testing.assert_allclose(ops.convert_to_numpy(a), b, rtol=1e-4, atol=1e-6)
@@ -69,8 +80,9 @@ def test_step_matches_numpy_reference(preprocess):
 
 def _digits_model():
     keras.utils.set_random_seed(0)
-    return keras.Sequential([keras.Input((64,)), keras.layers.Dense(20, activation="sigmoid"),
-                             keras.layers.Dense(10)])
+    return keras.Sequential(
+        [keras.Input((64,)), keras.layers.Dense(20, activation="sigmoid"), keras.layers.Dense(10)]
+    )
 
 
 def _digits():
@@ -81,8 +93,9 @@ def _digits():
 def test_fit_with_the_pretrained_optimizer_from_the_zoo(tmp_path):
     model = _digits_model()
     optimizer = LSTMOptimizer.from_preset(PRESET)
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.compile(
+        optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    )
     x, y = _digits()
     before = model.evaluate(x, y, verbose=0)
     model.fit(x, y, batch_size=128, epochs=8, verbose=0)
@@ -109,11 +122,13 @@ def test_fit_with_the_pretrained_optimizer_from_the_zoo(tmp_path):
 def test_keras_optimizer_runs_exactly_the_meta_trained_step():
     phi, architecture = learned.load_meta_parameters(PRESET)
     problem = problems.DigitsMLP()
-    trainer = meta.MetaTrainer(problem, **{k: architecture[k] for k in
-                                           ("preprocess", "output_scale", "exponent")})
+    trainer = meta.MetaTrainer(
+        problem, **{k: architecture[k] for k in ("preprocess", "output_scale", "exponent")}
+    )
     by_meta = trainer.run(phi, seed=7, num_problems=2, horizon=20)
-    by_keras = meta.optimize(LSTMOptimizer.from_preset(PRESET), problem, seed=7,
-                             num_problems=2, horizon=20)
+    by_keras = meta.optimize(
+        LSTMOptimizer.from_preset(PRESET), problem, seed=7, num_problems=2, horizon=20
+    )
     # The same step to float precision at first. Later the two compiled
     # programs (fit's and the meta-trainer's; XLA fuses them differently,
     # depending on the CPU) drift apart: the preprocessing's sign(g) flips on
@@ -170,15 +185,18 @@ def test_a_saved_model_loads_without_the_preset_directory(tmp_path):
     restored.fit(np.ones((4, 3)), np.zeros((4, 2)), epochs=1, verbose=0)
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    ({"units": 0}, "units must be a positive int"),
-    ({"num_layers": -1}, "num_layers must be a positive int"),
-    ({"exponent": 0.0}, "exponent must be a finite number > 0"),
-    ({"output_scale": float("nan")}, "output_scale must be a finite number > 0"),
-    ({"learning_rate": -1.0}, "learning_rate must be a finite number > 0"),
-    ({"preprocess": "yes"}, "preprocess must be True or False"),
-    ({"weights": 3}, "weights must be None, a preset name"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"units": 0}, "units must be a positive int"),
+        ({"num_layers": -1}, "num_layers must be a positive int"),
+        ({"exponent": 0.0}, "exponent must be a finite number > 0"),
+        ({"output_scale": float("nan")}, "output_scale must be a finite number > 0"),
+        ({"learning_rate": -1.0}, "learning_rate must be a finite number > 0"),
+        ({"preprocess": "yes"}, "preprocess must be True or False"),
+        ({"weights": 3}, "weights must be None, a preset name"),
+    ],
+)
 def test_bad_arguments_are_clear_value_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LSTMOptimizer(**kwargs)
@@ -192,12 +210,15 @@ def test_a_gradient_of_the_wrong_shape_is_a_clear_error():
         optimizer.apply([np.zeros((3, 2), "float32")], [variable])
 
 
-@pytest.mark.parametrize("edit, message", [
-    (lambda c: {**c, "learning_rate": 50.0}, "must hold exactly"),
-    (lambda c: {**c, "clipnorm": 1.0}, "must hold exactly"),
-    (lambda c: {k: v for k, v in c.items() if k != "units"}, "must hold exactly"),
-    (lambda c: {**c, "output_scale": -1.0}, "output_scale must be a finite number"),
-])
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: {**c, "learning_rate": 50.0}, "must hold exactly"),
+        (lambda c: {**c, "clipnorm": 1.0}, "must hold exactly"),
+        (lambda c: {k: v for k, v in c.items() if k != "units"}, "must hold exactly"),
+        (lambda c: {**c, "output_scale": -1.0}, "output_scale must be a finite number"),
+    ],
+)
 def test_optimizer_presets_hold_only_their_architecture(tmp_path, edit, message):
     copy = tmp_path / PRESET
     shutil.copytree(presets.resolve(PRESET), copy)
@@ -236,7 +257,8 @@ class _Linear:
 
     def sample(self, rng, k):
         return [rng.standard_normal((k, 3)).astype("float32")], {
-            "c": (rng.standard_normal((k, 3)) * np.array([1e-6, 0.1, 3.0])).astype("float32")}
+            "c": (rng.standard_normal((k, 3)) * np.array([1e-6, 0.1, 3.0])).astype("float32")
+        }
 
     def batches(self, rng, k, steps):
         return {}
@@ -246,8 +268,9 @@ class _Linear:
 
 
 def test_meta_gradient_matches_finite_differences():
-    trainer = meta.MetaTrainer(_Linear(), units=4, horizon=5, unroll=5, num_problems=2,
-                               output_scale=0.5)
+    trainer = meta.MetaTrainer(
+        _Linear(), units=4, horizon=5, unroll=5, num_problems=2, output_scale=0.5
+    )
     params, constants, batches, state = trainer._episode(np.random.default_rng(0), 2)
     phi = [np.asarray(ops.convert_to_numpy(v), "float32") for v in trainer.phi]
     (value, _), grads = trainer._train_unroll(phi, params, state, constants, {})
@@ -257,8 +280,9 @@ def test_meta_gradient_matches_finite_differences():
 
     def objective(sign):
         shifted = [p + sign * eps * d for p, d in zip(phi, direction)]
-        return float(ops.convert_to_numpy(trainer._eval_unroll(
-            shifted, params, state, constants, {})[0]))
+        return float(
+            ops.convert_to_numpy(trainer._eval_unroll(shifted, params, state, constants, {})[0])
+        )
 
     numeric = (objective(1) - objective(-1)) / (2 * eps)
     analytic = sum(float(np.sum(ops.convert_to_numpy(g) * d)) for g, d in zip(grads, direction))
@@ -266,10 +290,16 @@ def test_meta_gradient_matches_finite_differences():
 
 
 def test_meta_training_improves_the_optimizer(tmp_path):
-    trainer = meta.MetaTrainer(problems.Quadratic(), preprocess=False, num_problems=16,
-                               validation_problems=32, learning_rate=3e-3)
-    untrained = trainer.run([ops.convert_to_numpy(v) for v in trainer.phi],
-                            meta.VALIDATION_SEED, 32)
+    trainer = meta.MetaTrainer(
+        problems.Quadratic(),
+        preprocess=False,
+        num_problems=16,
+        validation_problems=32,
+        learning_rate=3e-3,
+    )
+    untrained = trainer.run(
+        [ops.convert_to_numpy(v) for v in trainer.phi], meta.VALIDATION_SEED, 32
+    )
     history = trainer.fit(epochs=2, episodes_per_epoch=10, log_dir=tmp_path / "tb", verbose=0)
     trained = trainer.run(trainer.best_phi, meta.VALIDATION_SEED, 32)
     assert trained[-1].mean() < 0.5 * untrained[-1].mean()
@@ -281,8 +311,10 @@ def test_mixed_precision_fit_keeps_float32_state():
     keras.config.set_dtype_policy("mixed_float16")
     try:
         model = _digits_model()
-        model.compile(optimizer=LSTMOptimizer(output_scale=0.1),
-                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        model.compile(
+            optimizer=LSTMOptimizer(output_scale=0.1),
+            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        )
         x, y = _digits()
         history = model.fit(x, y, batch_size=128, epochs=2, verbose=0)
     finally:

@@ -47,8 +47,10 @@ MATRICES = {
 FUNCTIONS = {
     "log": (mb.matrix_log, lambda x: sl.logm(x).real),
     "sqrt": (lambda x: mb.matrix_power(x, 0.5), lambda x: sl.sqrtm(x).real),
-    "inverse_sqrt": (lambda x: mb.matrix_power(x, -0.5),
-                     lambda x: sl.fractional_matrix_power(x, -0.5).real),
+    "inverse_sqrt": (
+        lambda x: mb.matrix_power(x, -0.5),
+        lambda x: sl.fractional_matrix_power(x, -0.5).real,
+    ),
 }
 TOLERANCE = {"float32": 3e-3, "float64": 1e-6}
 
@@ -71,8 +73,9 @@ def _finite_difference_gradient(fn, x, weights, h=1e-5):
             e = np.zeros((n, n))
             e[i, j] += 0.5
             e[j, i] += 0.5
-            grad[i, j] = (np.sum(weights * fn(x + h * e))
-                          - np.sum(weights * fn(x - h * e))) / (2 * h)
+            grad[i, j] = (np.sum(weights * fn(x + h * e)) - np.sum(weights * fn(x - h * e))) / (
+                2 * h
+            )
     return grad
 
 
@@ -95,8 +98,9 @@ def _close(actual, expected, tolerance):
 
 
 class SpectralFunctionTest(testing.TestCase):
-    @parameterized.product(function=sorted(FUNCTIONS), matrix=sorted(MATRICES),
-                           dtype=["float32", "float64"])
+    @parameterized.product(
+        function=sorted(FUNCTIONS), matrix=sorted(MATRICES), dtype=["float32", "float64"]
+    )
     def test_forward_matches_scipy(self, function, matrix, dtype):
         fn, reference = FUNCTIONS[function]
         x = MATRICES[matrix]
@@ -107,8 +111,9 @@ class SpectralFunctionTest(testing.TestCase):
             tolerance = TOLERANCE[dtype] * (10 if function == "inverse_sqrt" else 1)
             self.assertTrue(_close(ops.convert_to_numpy(y), expected, tolerance))
 
-    @parameterized.product(function=sorted(FUNCTIONS), matrix=sorted(MATRICES),
-                           dtype=["float32", "float64"])
+    @parameterized.product(
+        function=sorted(FUNCTIONS), matrix=sorted(MATRICES), dtype=["float32", "float64"]
+    )
     def test_gradient_matches_finite_differences(self, function, matrix, dtype):
         fn, reference = FUNCTIONS[function]
         x = MATRICES[matrix]
@@ -119,8 +124,9 @@ class SpectralFunctionTest(testing.TestCase):
         tolerance = TOLERANCE[dtype] * (10 if function == "inverse_sqrt" else 1)
         self.assertTrue(np.all(np.isfinite(grad)))
         self.assertAllClose(grad, grad.T, atol=1e-6 * np.max(np.abs(grad)))
-        self.assertTrue(_close(grad, expected, tolerance),
-                        f"max error {np.max(np.abs(grad - expected)):.3g}")
+        self.assertTrue(
+            _close(grad, expected, tolerance), f"max error {np.max(np.abs(grad - expected)):.3g}"
+        )
 
     def test_autodiff_of_eigh_fails_where_kzoo_does_not(self):
         # At diag(1, 1, 2, 2) the derivative of log couples the equal
@@ -181,7 +187,7 @@ class SpectralFunctionTest(testing.TestCase):
 
 def _np_normalized_cut(features, k, bandwidth):
     distances = ((features[:, None] - features[None]) ** 2).sum(-1)
-    affinity = np.exp(-distances / (2 * bandwidth ** 2))
+    affinity = np.exp(-distances / (2 * bandwidth**2))
     d = affinity.sum(1) ** -0.5
     eigenvalues, u = np.linalg.eigh(affinity * d[:, None] * d[None])
     return u[:, -k:] @ u[:, -k:].T, eigenvalues
@@ -209,8 +215,7 @@ class OtherFunctionsTest(testing.TestCase):
         features = np.random.default_rng(1).normal(size=(2, 12, 3))
         projector = ops.convert_to_numpy(mb.normalized_cut(features.astype("float32"), 3))
         for b in range(2):
-            self.assertAllClose(projector[b], _np_normalized_cut(features[b], 3, 1.0)[0],
-                                atol=1e-4)
+            self.assertAllClose(projector[b], _np_normalized_cut(features[b], 3, 1.0)[0], atol=1e-4)
 
     def test_normalized_cut_gradient_matches_finite_differences(self):
         rng = np.random.default_rng(2)
@@ -228,7 +233,9 @@ class OtherFunctionsTest(testing.TestCase):
             expected[index] = (loss(features + e) - loss(features - e)) / (2 * h)
         with _precision("float64"):
             grad = helpers.gradients(
-                lambda f: ops.sum(mb.normalized_cut(f[None], 2) * ops.convert_to_tensor(weights, "float64")),
+                lambda f: ops.sum(
+                    mb.normalized_cut(f[None], 2) * ops.convert_to_tensor(weights, "float64")
+                ),
                 features,
             )[0]
         self.assertTrue(_close(grad, expected, 1e-6), f"{np.abs(grad - expected).max():.3g}")
@@ -239,8 +246,9 @@ class OtherFunctionsTest(testing.TestCase):
         # (TensorFlow); kzoo's gradient is finite, bounded by 1/min_gap.
         x = np.diag([0.1, 0.5, 1.0, 1.0]).astype("float32")
         weights = np.arange(16.0).reshape(4, 4)
-        grad = _gradient(lambda a: mb.leading_eigenspace_projector(a, 1, min_gap=1e-3),
-                         x, weights, "float32")
+        grad = _gradient(
+            lambda a: mb.leading_eigenspace_projector(a, 1, min_gap=1e-3), x, weights, "float32"
+        )
         self.assertTrue(np.all(np.isfinite(grad)))
         self.assertLessEqual(np.max(np.abs(grad)), np.max(np.abs(weights)) / 1e-3)
         # Away from the degenerate pair, the couplings are the exact 1/gap ones.

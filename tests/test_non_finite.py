@@ -70,8 +70,9 @@ def test_running_bases_average_the_finite_examples_only():
     expected /= np.linalg.norm(expected, axis=-1, keepdims=True)
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
     all_bad = np.full_like(batch, np.nan)
-    np.testing.assert_array_equal(ops.convert_to_numpy(em.running_bases(bases, all_bad, 0.9)),
-                                  bases)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(em.running_bases(bases, all_bad, 0.9)), bases
+    )
 
 
 def test_finite_batch_norm_skips_what_keras_batch_norm_stores():
@@ -89,8 +90,15 @@ def test_finite_batch_norm_skips_what_keras_batch_norm_stores():
     reference = keras.layers.BatchNormalization()
     reference(x, training=True)
     for name in ("moving_mean", "moving_variance"):
-        np.testing.assert_allclose(ops.convert_to_numpy(getattr(finite_norm, name)),
-                                   ops.convert_to_numpy(getattr(reference, name)), rtol=1e-6)
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(getattr(finite_norm, name)),
+            ops.convert_to_numpy(getattr(reference, name)),
+            rtol=1e-6,
+        )
     config = finite_norm.get_config()
-    assert isinstance(keras.layers.deserialize(keras.layers.serialize(finite_norm)),
-                      FiniteBatchNormalization) and config["momentum"] == 0.99
+    assert (
+        isinstance(
+            keras.layers.deserialize(keras.layers.serialize(finite_norm)), FiniteBatchNormalization
+        )
+        and config["momentum"] == 0.99
+    )

@@ -84,12 +84,23 @@ class RandomWalkFunctionsTest(testing.TestCase):
     @parameterized.parameters(*[(i,) for i in IMPLEMENTATIONS])
     def test_step_and_converged_match_scipy(self, implementation):
         transition, f = _transition()
-        step = ops.convert_to_numpy(rw.random_walk(f, transition, "step", implementation=implementation))
+        step = ops.convert_to_numpy(
+            rw.random_walk(f, transition, "step", implementation=implementation)
+        )
         two = ops.convert_to_numpy(
-            rw.random_walk(f, transition, "step", steps=2, implementation=implementation))
+            rw.random_walk(f, transition, "step", steps=2, implementation=implementation)
+        )
         alpha = 0.6
-        converged = ops.convert_to_numpy(rw.random_walk(
-            f, transition, "converged", alpha=alpha, tolerance=1e-7, implementation=implementation))
+        converged = ops.convert_to_numpy(
+            rw.random_walk(
+                f,
+                transition,
+                "converged",
+                alpha=alpha,
+                tolerance=1e-7,
+                implementation=implementation,
+            )
+        )
         for b in range(B):
             a = _csr(transition[b])
             fb = f[b].reshape(-1, K).astype("float64")
@@ -164,8 +175,11 @@ class RandomWalkFunctionsTest(testing.TestCase):
                 for x in range(W):
                     inside = 0 <= y + dy < H and 0 <= x + dx < W
                     other = labels[:, y + dy, x + dx] if inside else None
-                    want_mask = inside & (labels[:, y, x] != 255) & (other != 255) if inside \
+                    want_mask = (
+                        inside & (labels[:, y, x] != 255) & (other != 255)
+                        if inside
                         else np.zeros(B, bool)
+                    )
                     self.assertAllEqual(mask[:, y, x, p], want_mask.astype("float32"))
                     if inside:
                         want = (labels[:, y, x] == other) & want_mask
@@ -226,12 +240,17 @@ class RandomWalkLayersTest(testing.TestCase):
         model = keras.Model([feat_in, f_in], {"walk": refined, "affinity": affinities})
         # Logits, not a Softmax layer: on PyTorch (2.13, Keras 3.15) the backward
         # of a 4-D softmax fails with "grad_input must be contiguous".
-        model.compile(keras.optimizers.SGD(0.5),
-                      loss={"walk": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                            "affinity": rw.AffinityLoss(1)})
+        model.compile(
+            keras.optimizers.SGD(0.5),
+            loss={
+                "walk": keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                "affinity": rw.AffinityLoss(1),
+            },
+        )
         before = model.get_layer("affinity").get_weights()[0].copy()
-        history = model.fit([features, f[..., :2]], {"walk": labels, "affinity": labels},
-                            epochs=5, verbose=0)
+        history = model.fit(
+            [features, f[..., :2]], {"walk": labels, "affinity": labels}, epochs=5, verbose=0
+        )
         self.assertLess(history.history["loss"][-1], history.history["loss"][0])
         self.assertFalse(np.allclose(model.get_layer("affinity").get_weights()[0], before))
 

@@ -47,14 +47,16 @@ def test_augment_moves_images_and_masks_together():
 
 def test_tfds_segmentation_loader_on_mocked_pets():
     with tfds.testing.mock_data(num_examples=3):
-        images, labels = texture_scenes.load_tfds_segmentation("oxford_iiit_pet", "train",
-                                                               image_size=32)
+        images, labels = texture_scenes.load_tfds_segmentation(
+            "oxford_iiit_pet", "train", image_size=32
+        )
     assert images.shape == (3, 32, 32, 3) and labels.shape == (3, 32, 32)
     assert set(np.unique(labels)) <= {0, 1, 255}
     with tfds.testing.mock_data(num_examples=1):
         with pytest.raises(ValueError, match="no 'segmentation' feature"):
-            texture_scenes.load_tfds_segmentation("oxford_iiit_pet", "train",
-                                                  mask_key="segmentation")
+            texture_scenes.load_tfds_segmentation(
+                "oxford_iiit_pet", "train", mask_key="segmentation"
+            )
 
 
 @pytest.mark.multibackend
@@ -90,10 +92,12 @@ def test_rwn_preset_loads_with_another_walk_but_not_other_weights():
 
 
 @pytest.mark.parametrize("implementation", ["stencil", "sparse"])
-def test_rwn_exports_and_verifies_in_a_tensorflow_only_process(tmp_path, implementation,
-                                                                test_split):
-    model = applications.RWN(walk_implementation=implementation, weights="rwn_texture_scenes",
-                             name="rwn_texture_scenes")
+def test_rwn_exports_and_verifies_in_a_tensorflow_only_process(
+    tmp_path, implementation, test_split
+):
+    model = applications.RWN(
+        walk_implementation=implementation, weights="rwn_texture_scenes", name="rwn_texture_scenes"
+    )
     path = serving.export(model, tmp_path, sample_inputs={"image": test_split[0][:2]})
     report = serving.verify(path, model=model)
     assert report.ok, report

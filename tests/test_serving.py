@@ -46,7 +46,9 @@ def test_gru_sequence_model_exports_with_variable_length(tmp_path):
     model = keras.Model(inputs, outputs, name="gru_forecaster")
     rng = np.random.default_rng(0)
     path = serving.export(
-        model, tmp_path, sample_inputs={"sensor_readings": rng.normal(size=(2, 13, 3)).astype("float32")}
+        model,
+        tmp_path,
+        sample_inputs={"sensor_readings": rng.normal(size=(2, 13, 3)).astype("float32")},
     )
     report = serving.verify(path, model=model)
     assert report.inputs == {"sensor_readings": ["float32", [None, None, 3]]}
@@ -66,7 +68,11 @@ def test_versions_increment_and_are_never_overwritten(tmp_path):
     assert serving.export(model, tmp_path).name == "8"
     # No temporary directories are left behind.
     assert sorted(p.name for p in (tmp_path / "digits_model" / "serving").iterdir()) == [
-        "1", "2", "7", "8"]
+        "1",
+        "2",
+        "7",
+        "8",
+    ]
     config = (tmp_path / "models.config").read_text()
     assert 'name: "digits_model"' in config
     assert 'base_path: "/models/digits_model/serving"' in config
@@ -130,12 +136,15 @@ def _raw_saved_model(path, body):
     import tensorflow as tf
 
     module = tf.Module()
-    module.serve = tf.function(body, input_signature=[tf.TensorSpec((None, 3), tf.float32, name="values")])
+    module.serve = tf.function(
+        body, input_signature=[tf.TensorSpec((None, 3), tf.float32, name="values")]
+    )
     tf.saved_model.save(module, str(path), signatures={"serving_default": module.serve})
     (path / "assets.extra").mkdir()
     x = np.ones((2, 3), "float32")
-    np.savez(path / "assets.extra" / "kzoo_reference.npz",
-             **{"input/values": x, "output/doubled": 2 * x})
+    np.savez(
+        path / "assets.extra" / "kzoo_reference.npz", **{"input/values": x, "output/doubled": 2 * x}
+    )
 
 
 def test_graph_scan_finds_python_ops_and_device_pins(tmp_path):

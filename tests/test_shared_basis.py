@@ -21,7 +21,7 @@ def _np_conv_same(x, kernel):
     out = np.zeros(x.shape[:3] + (kernel.shape[-1],))
     for dy in range(k):
         for dx in range(k):
-            window = padded[:, dy:dy + x.shape[1], dx:dx + x.shape[2]]
+            window = padded[:, dy : dy + x.shape[1], dx : dx + x.shape[2]]
             out += window @ kernel[dy, dx]
     return out
 
@@ -47,14 +47,18 @@ class SharedBasisTest(testing.TestCase):
         kernel = rng.normal(size=(3, 3, 4, 6)).astype("float32")
         rows = kernel.reshape(-1, 6).T
         expected = np.mean((rows @ rows.T - np.eye(6)) ** 2)
-        self.assertAllClose(ops.convert_to_numpy(regularizers.OrthogonalBasis(10.0)(kernel)),
-                            10.0 * expected, rtol=1e-5)
+        self.assertAllClose(
+            ops.convert_to_numpy(regularizers.OrthogonalBasis(10.0)(kernel)),
+            10.0 * expected,
+            rtol=1e-5,
+        )
         q = np.linalg.qr(rng.normal(size=(36, 6)))[0].reshape(3, 3, 4, 6)
         self.assertAllClose(ops.convert_to_numpy(sb.orthogonality_penalty(q)), 0.0, atol=1e-6)
         # Keras' OrthogonalRegularizer normalizes rows: it ignores their norms.
         scaled = 3.0 * q.astype("float32")
         keras_value = keras.regularizers.OrthogonalRegularizer(1.0, mode="rows")(
-            scaled.reshape(-1, 6).T)
+            scaled.reshape(-1, 6).T
+        )
         self.assertAllClose(ops.convert_to_numpy(keras_value), 0.0, atol=1e-5)
         self.assertGreater(float(ops.convert_to_numpy(sb.orthogonality_penalty(scaled))), 1.0)
 
@@ -80,8 +84,12 @@ class SharedBasisTest(testing.TestCase):
     def test_layer_test(self):
         self.run_layer_test(
             sb.SharedBasisConv2D,
-            init_kwargs={"filters": 6, "basis": sb.FilterBasis(4), "num_unique": 2,
-                         "use_bias": True},
+            init_kwargs={
+                "filters": 6,
+                "basis": sb.FilterBasis(4),
+                "num_unique": 2,
+                "use_bias": True,
+            },
             input_shape=(2, 5, 5, 3),
             expected_output_shape=(2, 5, 5, 6),
             expected_num_trainable_weights=4,
@@ -110,8 +118,7 @@ class SharedBasisTest(testing.TestCase):
 
     def test_resnet_shares_one_basis_per_stage(self):
         shared = applications.SharedBasisResNet(widths=(8, 16), blocks_per_stage=2)
-        unshared = applications.SharedBasisResNet(shared=False, widths=(8, 16),
-                                                  blocks_per_stage=2)
+        unshared = applications.SharedBasisResNet(shared=False, widths=(8, 16), blocks_per_stage=2)
         convs = [layer for layer in shared.layers if isinstance(layer, sb.SharedBasisConv2D)]
         self.assertLen(convs, 4 + 3)
         self.assertLen({id(c.basis) for c in convs}, 2)

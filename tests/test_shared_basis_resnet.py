@@ -25,8 +25,9 @@ def test_preset_config_keeps_one_basis_per_stage():
     assert len({id(c.basis) for c in convs}) == 3
     assert loaded.count_params() == built.count_params()
     x, _ = texture_patches.load("test")
-    np.testing.assert_allclose(loaded.predict(x[:64], verbose=0),
-                               built.predict(x[:64], verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        loaded.predict(x[:64], verbose=0), built.predict(x[:64], verbose=0), atol=1e-6
+    )
     unshared = presets.read_metadata("resnet_texture_patches")[1]["parameter_count"]
     assert built.count_params() < 0.6 * unshared
 

@@ -14,7 +14,7 @@ UNITS = 6
 
 def _candidate_norm(layer):
     kernel = np.asarray(ops.convert_to_numpy(layer.cell.recurrent_kernel))
-    return np.linalg.svd(kernel[:, 2 * UNITS:], compute_uv=False).max()
+    return np.linalg.svd(kernel[:, 2 * UNITS :], compute_uv=False).max()
 
 
 def _sequences(seed=0, batch=16, steps=12, features=3):
@@ -63,14 +63,16 @@ class StableGRUTest(testing.TestCase):
     def test_fit_keeps_the_candidate_norm_below_the_threshold(self):
         x, y = _sequences(batch=32)
         norms = {}
-        for name, layer in (("plain", keras.layers.GRU(UNITS)),
-                            ("stable", sg.StableGRU(UNITS, max_singular_value=1.2))):
+        for name, layer in (
+            ("plain", keras.layers.GRU(UNITS)),
+            ("stable", sg.StableGRU(UNITS, max_singular_value=1.2)),
+        ):
             keras.utils.set_random_seed(2)
             model = keras.Sequential([keras.Input((12, 3)), layer])
             model.compile(keras.optimizers.SGD(5.0), "mse")
             model.fit(x, 4.0 * y, batch_size=8, epochs=3, verbose=0)
             norms[name] = _candidate_norm(layer)
-            gates = ops.convert_to_numpy(layer.cell.recurrent_kernel)[:, :2 * UNITS]
+            gates = ops.convert_to_numpy(layer.cell.recurrent_kernel)[:, : 2 * UNITS]
             self.assertTrue(np.all(np.isfinite(gates)))
         self.assertGreater(norms["plain"], 1.2)  # the constraint had work to do
         self.assertLessEqual(norms["stable"], 1.2 + 1e-4)
@@ -83,9 +85,10 @@ class StableGRUTest(testing.TestCase):
         cell.recurrent_kernel.assign(kernel)
         cell.project()
         projected = ops.convert_to_numpy(cell.recurrent_kernel)
-        self.assertAllClose(projected[:, :2 * UNITS], kernel[:, :2 * UNITS])
-        self.assertAllClose(np.linalg.svd(projected[:, 2 * UNITS:], compute_uv=False).max(),
-                            2.0, atol=1e-4)
+        self.assertAllClose(projected[:, : 2 * UNITS], kernel[:, : 2 * UNITS])
+        self.assertAllClose(
+            np.linalg.svd(projected[:, 2 * UNITS :], compute_uv=False).max(), 2.0, atol=1e-4
+        )
 
     def test_keras_round_trip(self):
         inputs = keras.Input((None, 3))

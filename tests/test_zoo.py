@@ -14,11 +14,21 @@ from kzoo.applications import zoo
 
 pytestmark = pytest.mark.multibackend  # presets load, evaluate and train on every backend
 
-PRETRAINED = ["deep_o2p_texture_patches", "emanet_texture_scenes", "fcn_texture_scenes",
-              "first_order_texture_patches", "hemnet_texture_scenes", "lnlstm_char_lm",
-              "lnlstm_digits", "lstm_char_lm", "lstm_digits", "resnet_texture_patches",
-              "rwn_texture_scenes", "shared_basis_resnet_texture_patches",
-              "unrolled_em_texture_scenes"]
+PRETRAINED = [
+    "deep_o2p_texture_patches",
+    "emanet_texture_scenes",
+    "fcn_texture_scenes",
+    "first_order_texture_patches",
+    "hemnet_texture_scenes",
+    "lnlstm_char_lm",
+    "lnlstm_digits",
+    "lstm_char_lm",
+    "lstm_digits",
+    "resnet_texture_patches",
+    "rwn_texture_scenes",
+    "shared_basis_resnet_texture_patches",
+    "unrolled_em_texture_scenes",
+]
 
 
 @pytest.fixture
@@ -39,8 +49,9 @@ def test_registry_lists_models_with_pretrained_presets():
 def test_metadata_records_provenance():
     for name in PRETRAINED:
         _, metadata = presets.read_metadata(name)
-        assert metadata["training_command"].endswith(f"kzoo train {name} "
-                                                     f"--epochs {metadata['training_command'].split()[-3]} --seed 0")
+        assert metadata["training_command"].endswith(
+            f"kzoo train {name} --epochs {metadata['training_command'].split()[-3]} --seed 0"
+        )
         assert metadata["builder"] == zoo.entry(name).builder.__name__
         assert metadata["builder_args"] == training.builder_args(name)
         for key in ("dataset", "keras_version", "backend", "metrics", "parameter_count"):
@@ -164,7 +175,8 @@ def test_a_saved_preset_lists_every_file(tmp_path):
 def test_every_shipped_preset_has_a_full_manifest():
     for name in presets.available_presets():
         kind = json.loads((presets.resolve(name) / presets.METADATA_FILE).read_text()).get(
-            "kind", "model")
+            "kind", "model"
+        )
         weights = presets.WEIGHTS_FILE if kind == "model" else "optimizer.weights.npz"
         directory, metadata = presets.read_metadata(name, weights_file=weights, kind=kind)
         assert presets.CONFIG_FILE in metadata["sha256"] and weights in metadata["sha256"]
@@ -250,8 +262,9 @@ def test_a_new_head_keeps_the_pretrained_body_and_fine_tunes():
     pretrained = applications.LNLSTMClassifier.from_preset("lnlstm_digits", compile=False)
     model = applications.LNLSTMClassifier.from_preset("lnlstm_digits", num_classes=2)
     assert model.output_shape == (None, 2)
-    for a, b in zip(model.get_layer("ln_lstm").get_weights(),
-                    pretrained.get_layer("ln_lstm").get_weights()):
+    for a, b in zip(
+        model.get_layer("ln_lstm").get_weights(), pretrained.get_layer("ln_lstm").get_weights()
+    ):
         np.testing.assert_array_equal(a, b)
     x, y = digits.load("train")
     history = model.fit(x[:64], (y[:64] >= 5).astype("int32"), epochs=1, verbose=0)

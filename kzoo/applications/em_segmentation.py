@@ -18,9 +18,16 @@ from kzoo.layers import EMAttention
 from kzoo.layers import HighwayEM
 
 
-def EMANet(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_SIZE,
-           width=16, num_bases=16, iterations=3, stop_gradient=True, weights=None,
-           name="emanet"):
+def EMANet(
+    num_classes=texture_scenes.NUM_CLASSES,
+    image_size=texture_scenes.IMAGE_SIZE,
+    width=16,
+    num_bases=16,
+    iterations=3,
+    stop_gradient=True,
+    weights=None,
+    name="emanet",
+):
     """The FCN with EMANet's EM attention module on its 1/8-resolution features.
 
     Args:
@@ -39,15 +46,29 @@ def EMANet(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMA
     >>> EMANet(num_bases=8).output_shape
     (None, 64, 64, 5)
     """
-    args = dict(num_classes=num_classes, image_size=image_size, width=width,
-                num_bases=num_bases, iterations=iterations, stop_gradient=stop_gradient)
+    args = dict(
+        num_classes=num_classes,
+        image_size=image_size,
+        width=width,
+        num_bases=num_bases,
+        iterations=iterations,
+        stop_gradient=stop_gradient,
+    )
     module = EMAttention(num_bases, iterations, stop_gradient=stop_gradient, name="em_attention")
     return logits_segmenter("EMANet", args, weights, name, context=module)
 
 
-def HEMNet(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_SIZE,
-           width=16, num_bases=16, iterations=3, gamma=0.5, learnable_gamma=True,
-           weights=None, name="hemnet"):
+def HEMNet(
+    num_classes=texture_scenes.NUM_CLASSES,
+    image_size=texture_scenes.IMAGE_SIZE,
+    width=16,
+    num_bases=16,
+    iterations=3,
+    gamma=0.5,
+    learnable_gamma=True,
+    weights=None,
+    name="hemnet",
+):
     """The FCN with HighwayEM on its 1/8-resolution features (HEMNet).
 
     Args:
@@ -66,18 +87,37 @@ def HEMNet(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMA
     >>> HEMNet(num_bases=8, iterations=6).output_shape
     (None, 64, 64, 5)
     """
-    args = dict(num_classes=num_classes, image_size=image_size, width=width,
-                num_bases=num_bases, iterations=iterations, gamma=gamma,
-                learnable_gamma=learnable_gamma)
-    module = HighwayEM(num_bases, iterations, gamma=gamma, learnable_gamma=learnable_gamma,
-                       name="highway_em")
+    args = dict(
+        num_classes=num_classes,
+        image_size=image_size,
+        width=width,
+        num_bases=num_bases,
+        iterations=iterations,
+        gamma=gamma,
+        learnable_gamma=learnable_gamma,
+    )
+    module = HighwayEM(
+        num_bases, iterations, gamma=gamma, learnable_gamma=learnable_gamma, name="highway_em"
+    )
     return logits_segmenter("HEMNet", args, weights, name, context=module)
 
 
-register_model("emanet_texture_scenes", EMANet, task="texture_scenes",
-               description="FCN + EMANet attention (K=16, T=3, stopped gradients)")
-register_model("hemnet_texture_scenes", HEMNet, task="texture_scenes",
-               description="FCN + HighwayEM (K=16, T=3, learnable gamma from 0.5)")
-register_model("unrolled_em_texture_scenes", EMANet, task="texture_scenes",
-               description="FCN + EM attention, gradients through the iterations (baseline)",
-               stop_gradient=False)
+register_model(
+    "emanet_texture_scenes",
+    EMANet,
+    task="texture_scenes",
+    description="FCN + EMANet attention (K=16, T=3, stopped gradients)",
+)
+register_model(
+    "hemnet_texture_scenes",
+    HEMNet,
+    task="texture_scenes",
+    description="FCN + HighwayEM (K=16, T=3, learnable gamma from 0.5)",
+)
+register_model(
+    "unrolled_em_texture_scenes",
+    EMANet,
+    task="texture_scenes",
+    description="FCN + EM attention, gradients through the iterations (baseline)",
+    stop_gradient=False,
+)

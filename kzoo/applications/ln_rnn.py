@@ -10,7 +10,6 @@ import keras
 
 from kzoo.applications import presets
 from kzoo.applications.zoo import register_model
-from kzoo.datasets import digits
 from kzoo.datasets import stdlib_text
 from kzoo.layers import LayerNormLSTM
 
@@ -34,8 +33,9 @@ def _classifier(builder, layer_norm, units, sequence_length, features, num_class
         num_classes, activation="softmax", dtype="float32", name="class_probabilities"
     )(x)
     model = keras.Model(inputs, outputs, name=name)
-    args = dict(units=units, sequence_length=sequence_length, features=features,
-                num_classes=num_classes)
+    args = dict(
+        units=units, sequence_length=sequence_length, features=features, num_classes=num_classes
+    )
     return _finish(model, weights, builder, args)
 
 
@@ -44,7 +44,9 @@ def _char_lm(builder, layer_norm, units, embedding_dim, vocab_size, weights, nam
     x = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")(inputs)
     x = _recurrent_layer(layer_norm, units, return_sequences=True)(x)
     outputs = keras.layers.Dense(
-        vocab_size, activation="softmax", dtype="float32",
+        vocab_size,
+        activation="softmax",
+        dtype="float32",
         name="next_char_probabilities",
     )(x)
     model = keras.Model(inputs, outputs, name=name)
@@ -52,8 +54,9 @@ def _char_lm(builder, layer_norm, units, embedding_dim, vocab_size, weights, nam
     return _finish(model, weights, builder, args)
 
 
-def LNLSTMClassifier(units=64, sequence_length=8, features=8, num_classes=10,
-                     weights=None, name="lnlstm_classifier"):
+def LNLSTMClassifier(
+    units=64, sequence_length=8, features=8, num_classes=10, weights=None, name="lnlstm_classifier"
+):
     """Sequence classifier: one `LayerNormLSTM` and a softmax layer.
 
     Args:
@@ -72,19 +75,27 @@ def LNLSTMClassifier(units=64, sequence_length=8, features=8, num_classes=10,
     >>> model = LNLSTMClassifier(units=32)
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     """
-    return _classifier("LNLSTMClassifier", True, units, sequence_length, features,
-                       num_classes, weights, name)
+    return _classifier(
+        "LNLSTMClassifier", True, units, sequence_length, features, num_classes, weights, name
+    )
 
 
-def LSTMClassifier(units=64, sequence_length=8, features=8, num_classes=10,
-                   weights=None, name="lstm_classifier"):
+def LSTMClassifier(
+    units=64, sequence_length=8, features=8, num_classes=10, weights=None, name="lstm_classifier"
+):
     """Plain `keras.layers.LSTM` twin of `LNLSTMClassifier` (same arguments)."""
-    return _classifier("LSTMClassifier", False, units, sequence_length, features,
-                       num_classes, weights, name)
+    return _classifier(
+        "LSTMClassifier", False, units, sequence_length, features, num_classes, weights, name
+    )
 
 
-def LNLSTMCharLM(units=256, embedding_dim=32, vocab_size=stdlib_text.VOCAB_SIZE,
-                 weights=None, name="lnlstm_char_lm"):
+def LNLSTMCharLM(
+    units=256,
+    embedding_dim=32,
+    vocab_size=stdlib_text.VOCAB_SIZE,
+    weights=None,
+    name="lnlstm_char_lm",
+):
     """Character language model: embedding, `LayerNormLSTM`, softmax per step.
 
     Args:
@@ -105,17 +116,42 @@ def LNLSTMCharLM(units=256, embedding_dim=32, vocab_size=stdlib_text.VOCAB_SIZE,
     return _char_lm("LNLSTMCharLM", True, units, embedding_dim, vocab_size, weights, name)
 
 
-def LSTMCharLM(units=256, embedding_dim=32, vocab_size=stdlib_text.VOCAB_SIZE,
-               weights=None, name="lstm_char_lm"):
+def LSTMCharLM(
+    units=256,
+    embedding_dim=32,
+    vocab_size=stdlib_text.VOCAB_SIZE,
+    weights=None,
+    name="lstm_char_lm",
+):
     """Plain `keras.layers.LSTM` twin of `LNLSTMCharLM` (same arguments)."""
     return _char_lm("LSTMCharLM", False, units, embedding_dim, vocab_size, weights, name)
 
 
-register_model("lnlstm_digits", LNLSTMClassifier, task="digits_rows",
-               description="LN-LSTM classifier of sklearn digits read row by row", units=64)
-register_model("lstm_digits", LSTMClassifier, task="digits_rows",
-               description="plain-LSTM twin of lnlstm_digits", units=64)
-register_model("lnlstm_char_lm", LNLSTMCharLM, task="stdlib_chars",
-               description="LN-LSTM character LM over Python's stdlib source", units=256)
-register_model("lstm_char_lm", LSTMCharLM, task="stdlib_chars",
-               description="plain-LSTM twin of lnlstm_char_lm", units=256)
+register_model(
+    "lnlstm_digits",
+    LNLSTMClassifier,
+    task="digits_rows",
+    description="LN-LSTM classifier of sklearn digits read row by row",
+    units=64,
+)
+register_model(
+    "lstm_digits",
+    LSTMClassifier,
+    task="digits_rows",
+    description="plain-LSTM twin of lnlstm_digits",
+    units=64,
+)
+register_model(
+    "lnlstm_char_lm",
+    LNLSTMCharLM,
+    task="stdlib_chars",
+    description="LN-LSTM character LM over Python's stdlib source",
+    units=256,
+)
+register_model(
+    "lstm_char_lm",
+    LSTMCharLM,
+    task="stdlib_chars",
+    description="plain-LSTM twin of lnlstm_char_lm",
+    units=256,
+)

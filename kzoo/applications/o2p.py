@@ -35,9 +35,17 @@ def _conv_block(x, filters, name):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
-def DeepO2P(head="o2p", num_classes=texture_patches.NUM_CLASSES,
-            patch_size=texture_patches.PATCH_SIZE, filters=(32, 64), projection=16,
-            epsilon=1e-3, dropout=0.3, weights=None, name="deep_o2p"):
+def DeepO2P(
+    head="o2p",
+    num_classes=texture_patches.NUM_CLASSES,
+    patch_size=texture_patches.PATCH_SIZE,
+    filters=(32, 64),
+    projection=16,
+    epsilon=1e-3,
+    dropout=0.3,
+    weights=None,
+    name="deep_o2p",
+):
     """A small CNN classifier with an O2P (or global-average) pooling head.
 
     Args:
@@ -74,19 +82,34 @@ def DeepO2P(head="o2p", num_classes=texture_patches.NUM_CLASSES,
         x = keras.layers.GlobalAveragePooling2D(name="average_pooling")(x)
     x = keras.layers.BatchNormalization(momentum=_BN_MOMENTUM, name="pooled_bn")(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                                 name="class_probabilities")(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="class_probabilities"
+    )(x)
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None:
-        args = dict(head=head, num_classes=num_classes, patch_size=patch_size,
-                    filters=list(filters), projection=projection, epsilon=epsilon,
-                    dropout=dropout)
+        args = dict(
+            head=head,
+            num_classes=num_classes,
+            patch_size=patch_size,
+            filters=list(filters),
+            projection=projection,
+            epsilon=epsilon,
+            dropout=dropout,
+        )
         presets.load_weights(model, weights, builder="DeepO2P", builder_args=args)
     return model
 
 
-register_model("deep_o2p_texture_patches", DeepO2P, task="texture_patches",
-               description="CNN + O2P head (second-order pooling, LogEig, 136-d)")
-register_model("first_order_texture_patches", DeepO2P, task="texture_patches",
-               description="The same CNN with global average pooling (16-d), O2P's twin",
-               head="first_order")
+register_model(
+    "deep_o2p_texture_patches",
+    DeepO2P,
+    task="texture_patches",
+    description="CNN + O2P head (second-order pooling, LogEig, 136-d)",
+)
+register_model(
+    "first_order_texture_patches",
+    DeepO2P,
+    task="texture_patches",
+    description="The same CNN with global average pooling (16-d), O2P's twin",
+    head="first_order",
+)

@@ -88,8 +88,12 @@ def looks_like_path(preset):
     with `.` or `~`, or is absolute. Anything else is a zoo name."""
     text = str(preset)
     separators = [os.sep] + ([os.altsep] if os.altsep else [])
-    return (isinstance(preset, os.PathLike) or any(sep in text for sep in separators)
-            or text.startswith((".", "~")) or os.path.isabs(text))
+    return (
+        isinstance(preset, os.PathLike)
+        or any(sep in text for sep in separators)
+        or text.startswith((".", "~"))
+        or os.path.isabs(text)
+    )
 
 
 def resolve(preset):
@@ -129,8 +133,10 @@ def training_target(name, zoo_dir=None, overwrite=False):
     """
     target = Path(zoo_dir).expanduser() / name if zoo_dir else user_zoo() / name
     if (target / METADATA_FILE).exists() and not overwrite:
-        raise FileExistsError(f"{target} already holds a preset; pass overwrite=True "
-                              "(CLI: --overwrite) to retrain it.")
+        raise FileExistsError(
+            f"{target} already holds a preset; pass overwrite=True "
+            "(CLI: --overwrite) to retrain it."
+        )
     return target
 
 
@@ -181,8 +187,9 @@ def read_metadata(preset, weights_file=WEIGHTS_FILE, kind="model"):
         if not isinstance(manifest, dict):
             raise TypeError("sha256 is not a mapping")
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise PresetError(f"{label}: {METADATA_FILE} is unreadable or has no sha256 "
-                          f"manifest ({e}).") from e
+        raise PresetError(
+            f"{label}: {METADATA_FILE} is unreadable or has no sha256 manifest ({e})."
+        ) from e
     found = metadata.get("kind", "model")
     if found != kind:
         raise PresetError(f"{label} is of kind {found!r}, not {kind!r}.")
@@ -190,13 +197,16 @@ def read_metadata(preset, weights_file=WEIGHTS_FILE, kind="model"):
     if missing:
         raise PresetError(f"{label} is incomplete: missing {', '.join(missing)}.")
     unlisted = sorted(
-        p.name for p in directory.iterdir()
+        p.name
+        for p in directory.iterdir()
         if p.is_file() and p.name != METADATA_FILE and p.name not in manifest
     )
     unlisted += [f for f in (CONFIG_FILE, weights_file) if f not in manifest]
     if unlisted:
-        raise PresetError(f"{label}: {', '.join(sorted(set(unlisted)))} not covered by the "
-                          f"sha256 manifest of {METADATA_FILE}; refusing to load it.")
+        raise PresetError(
+            f"{label}: {', '.join(sorted(set(unlisted)))} not covered by the "
+            f"sha256 manifest of {METADATA_FILE}; refusing to load it."
+        )
     for name, expected in sorted(manifest.items()):
         file = directory / name
         if Path(name).name != name or not file.is_file():
@@ -239,15 +249,12 @@ def load_weights(model, preset, builder=None, builder_args=None):
             detail = ", ".join(
                 f"{k}: preset {a!r} vs requested {b!r}" for k, (a, b) in diff.items()
             )
-            raise PresetError(
-                f"Preset {str(directory)!r} does not fit {builder}: {detail}."
-            )
+            raise PresetError(f"Preset {str(directory)!r} does not fit {builder}: {detail}.")
     try:
         model.load_weights(directory / WEIGHTS_FILE)
     except (ValueError, KeyError, OSError) as e:
         raise PresetError(
-            f"Weights of preset {str(directory)!r} do not fit model "
-            f"{model.name!r}: {e}"
+            f"Weights of preset {str(directory)!r} do not fit model {model.name!r}: {e}"
         ) from e
     return metadata
 
@@ -306,6 +313,8 @@ def write_preset(directory, write_files, metadata, overwrite=False):
     try:
         weights_file = write_files(tmp)
         files = sorted(p.name for p in tmp.iterdir() if p.is_file())
+        if weights_file not in files:
+            raise FileNotFoundError(f"write_preset: {weights_file} was not written.")
         record = {
             "name": directory.name,
             **metadata,

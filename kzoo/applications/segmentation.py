@@ -28,8 +28,9 @@ WALK_ARGS = ("walk_mode", "walk_radius", "alpha", "walk_steps", "walk_implementa
 
 
 def _conv(x, filters, name, dilation_rate=1):
-    x = keras.layers.Conv2D(filters, 3, padding="same", dilation_rate=dilation_rate,
-                            use_bias=False, name=name)(x)
+    x = keras.layers.Conv2D(
+        filters, 3, padding="same", dilation_rate=dilation_rate, use_bias=False, name=name
+    )(x)
     x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
@@ -74,13 +75,17 @@ def logits_segmenter(builder, args, weights, name, context=None):
     """
     image = keras.Input((args["image_size"], args["image_size"], 3), name="image")
     _, logits = _backbone(image, args["width"], args["num_classes"], context=context)
-    outputs = keras.layers.Activation("linear", dtype="float32",
-                                      name="segmentation_logits")(logits)
+    outputs = keras.layers.Activation("linear", dtype="float32", name="segmentation_logits")(logits)
     return _finish(keras.Model(image, outputs, name=name), weights, builder, args)
 
 
-def FCN(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_SIZE,
-        width=16, weights=None, name="fcn"):
+def FCN(
+    num_classes=texture_scenes.NUM_CLASSES,
+    image_size=texture_scenes.IMAGE_SIZE,
+    width=16,
+    weights=None,
+    name="fcn",
+):
     """DeepLab-style FCN (output stride 8, dilated convolutions).
 
     Args:
@@ -103,9 +108,18 @@ def FCN(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_
     return logits_segmenter("FCN", args, weights, name)
 
 
-def RWN(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_SIZE,
-        width=16, walk_mode="step", walk_radius=5, alpha=0.5, walk_steps=None,
-        walk_implementation="auto", weights=None, name="rwn"):
+def RWN(
+    num_classes=texture_scenes.NUM_CLASSES,
+    image_size=texture_scenes.IMAGE_SIZE,
+    width=16,
+    walk_mode="step",
+    walk_radius=5,
+    alpha=0.5,
+    walk_steps=None,
+    walk_implementation="auto",
+    weights=None,
+    name="rwn",
+):
     """Random Walk Network: the FCN, a pixel-affinity branch and a random walk.
 
     Args:
@@ -138,25 +152,45 @@ def RWN(num_classes=texture_scenes.NUM_CLASSES, image_size=texture_scenes.IMAGE_
     image = keras.Input((image_size, image_size, 3), name="image")
     early, logits = _backbone(image, width, num_classes)
     affinities = PixelAffinity(walk_radius, dtype="float32", name="affinities")(early)
-    walked = RandomWalk(walk_mode, alpha=alpha, steps=walk_steps,
-                        implementation=walk_implementation, dtype="float32",
-                        name="segmentation_logits")([logits, affinities])
-    model = keras.Model(image, {"segmentation_logits": walked, "affinities": affinities},
-                        name=name)
-    args = dict(num_classes=num_classes, image_size=image_size, width=width,
-                walk_mode=walk_mode, walk_radius=walk_radius, alpha=alpha,
-                walk_steps=walk_steps, walk_implementation=walk_implementation)
+    walked = RandomWalk(
+        walk_mode,
+        alpha=alpha,
+        steps=walk_steps,
+        implementation=walk_implementation,
+        dtype="float32",
+        name="segmentation_logits",
+    )([logits, affinities])
+    model = keras.Model(image, {"segmentation_logits": walked, "affinities": affinities}, name=name)
+    args = dict(
+        num_classes=num_classes,
+        image_size=image_size,
+        width=width,
+        walk_mode=walk_mode,
+        walk_radius=walk_radius,
+        alpha=alpha,
+        walk_steps=walk_steps,
+        walk_implementation=walk_implementation,
+    )
     return _finish(model, weights, "RWN", args, free_args=WALK_ARGS)
 
 
-register_model("fcn_texture_scenes", FCN, task="texture_scenes",
-               description="DeepLab-style FCN (OS 8) on texture scenes")
+register_model(
+    "fcn_texture_scenes",
+    FCN,
+    task="texture_scenes",
+    description="DeepLab-style FCN (OS 8) on texture scenes",
+)
 # The paper's radii (R = 40 one step to train, R = 5 converged to test, on
 # ~500-pixel images) scale to R = 5 and R = 1 on 64-pixel scenes. Trained
 # with one step at R = 5; at inference that same setting scored best on the
 # validation split (mean IoU 0.779, vs 0.759-0.771 for the converged walk at
 # R = 1, 3, 5 with alpha 0.5 or 0.9; BENCHMARKS.md), so the zoo keeps it.
-register_model("rwn_texture_scenes", RWN, task="texture_scenes",
-               description="FCN + pixel affinity + one-step random walk (R=5)",
-               init_from="fcn_texture_scenes",
-               walk_mode="step", walk_radius=5)
+register_model(
+    "rwn_texture_scenes",
+    RWN,
+    task="texture_scenes",
+    description="FCN + pixel affinity + one-step random walk (R=5)",
+    init_from="fcn_texture_scenes",
+    walk_mode="step",
+    walk_radius=5,
+)

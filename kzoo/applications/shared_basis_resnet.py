@@ -32,8 +32,15 @@ def _bn_relu(x, name, relu=True):
 
 def _conv(x, width, name, basis=None, num_unique=0, strides=1):
     if basis is None:
-        return keras.layers.Conv2D(width, 3, strides=strides, padding="same", use_bias=False,
-                                   kernel_initializer="he_normal", name=name)(x)
+        return keras.layers.Conv2D(
+            width,
+            3,
+            strides=strides,
+            padding="same",
+            use_bias=False,
+            kernel_initializer="he_normal",
+            name=name,
+        )(x)
     return SharedBasisConv2D(width, basis, num_unique=num_unique, name=name)(x)
 
 
@@ -44,19 +51,28 @@ def _block(x, width, name, basis, num_unique, downsample):
     h = _bn_relu(_conv(x, width, f"{name}_conv1", first_basis, num_unique, strides), f"{name}_1")
     h = _bn_relu(_conv(h, width, f"{name}_conv2", basis, num_unique), f"{name}_2", relu=False)
     if downsample:
-        shortcut = keras.layers.Conv2D(width, 1, strides=2, use_bias=False,
-                                       name=f"{name}_shortcut")(x)
-        shortcut = keras.layers.BatchNormalization(momentum=_BN_MOMENTUM,
-                                                   name=f"{name}_shortcut_bn")(shortcut)
+        shortcut = keras.layers.Conv2D(
+            width, 1, strides=2, use_bias=False, name=f"{name}_shortcut"
+        )(x)
+        shortcut = keras.layers.BatchNormalization(
+            momentum=_BN_MOMENTUM, name=f"{name}_shortcut_bn"
+        )(shortcut)
     x = keras.layers.Add(name=f"{name}_add")([shortcut, h])
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
 
-def SharedBasisResNet(shared=True, widths=(16, 32, 64), blocks_per_stage=2, basis_size=None,
-                      num_unique=0, orthogonality=10.0,
-                      num_classes=texture_patches.NUM_CLASSES,
-                      patch_size=texture_patches.PATCH_SIZE, weights=None,
-                      name="shared_basis_resnet"):
+def SharedBasisResNet(
+    shared=True,
+    widths=(16, 32, 64),
+    blocks_per_stage=2,
+    basis_size=None,
+    num_unique=0,
+    orthogonality=10.0,
+    num_classes=texture_patches.NUM_CLASSES,
+    patch_size=texture_patches.PATCH_SIZE,
+    weights=None,
+    name="shared_basis_resnet",
+):
     """A small ResNet with one shared filter basis per stage (or its unshared twin).
 
     Args:
@@ -80,33 +96,58 @@ def SharedBasisResNet(shared=True, widths=(16, 32, 64), blocks_per_stage=2, basi
     True
     """
     if blocks_per_stage < 1 or not widths:
-        raise ValueError("SharedBasisResNet needs at least one stage and one block per stage; "
-                         f"got widths={widths}, blocks_per_stage={blocks_per_stage}.")
+        raise ValueError(
+            "SharedBasisResNet needs at least one stage and one block per stage; "
+            f"got widths={widths}, blocks_per_stage={blocks_per_stage}."
+        )
     inputs = keras.Input((patch_size, patch_size, 1), name="patch")
     x = _bn_relu(_conv(inputs, widths[0], "stem_conv"), "stem")
     for stage, width in enumerate(widths):
         basis = None
         if shared:
             regularizer = OrthogonalBasis(orthogonality) if orthogonality else None
-            basis = FilterBasis(basis_size or width, kernel_regularizer=regularizer,
-                                name=f"stage{stage}_basis")
+            basis = FilterBasis(
+                basis_size or width, kernel_regularizer=regularizer, name=f"stage{stage}_basis"
+            )
         for block in range(blocks_per_stage):
-            x = _block(x, width, f"stage{stage}_block{block}", basis, num_unique,
-                       downsample=stage > 0 and block == 0)
+            x = _block(
+                x,
+                width,
+                f"stage{stage}_block{block}",
+                basis,
+                num_unique,
+                downsample=stage > 0 and block == 0,
+            )
     x = keras.layers.GlobalAveragePooling2D(name="average_pooling")(x)
-    outputs = keras.layers.Dense(num_classes, activation="softmax", dtype="float32",
-                                 name="class_probabilities")(x)
+    outputs = keras.layers.Dense(
+        num_classes, activation="softmax", dtype="float32", name="class_probabilities"
+    )(x)
     model = keras.Model(inputs, outputs, name=name)
     if weights is not None:
-        args = dict(shared=shared, widths=list(widths), blocks_per_stage=blocks_per_stage,
-                    basis_size=basis_size, num_unique=num_unique, orthogonality=orthogonality,
-                    num_classes=num_classes, patch_size=patch_size)
+        args = dict(
+            shared=shared,
+            widths=list(widths),
+            blocks_per_stage=blocks_per_stage,
+            basis_size=basis_size,
+            num_unique=num_unique,
+            orthogonality=orthogonality,
+            num_classes=num_classes,
+            patch_size=patch_size,
+        )
         presets.load_weights(model, weights, builder="SharedBasisResNet", builder_args=args)
     return model
 
 
-register_model("shared_basis_resnet_texture_patches", SharedBasisResNet, task="texture_patches",
-               description="ResNet 16-32-64, one orthogonal filter basis shared per stage")
-register_model("resnet_texture_patches", SharedBasisResNet, task="texture_patches",
-               description="The same ResNet with unshared 3x3 convolutions (twin)",
-               shared=False)
+register_model(
+    "shared_basis_resnet_texture_patches",
+    SharedBasisResNet,
+    task="texture_patches",
+    description="ResNet 16-32-64, one orthogonal filter basis shared per stage",
+)
+register_model(
+    "resnet_texture_patches",
+    SharedBasisResNet,
+    task="texture_patches",
+    description="The same ResNet with unshared 3x3 convolutions (twin)",
+    shared=False,
+)

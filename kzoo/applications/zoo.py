@@ -42,17 +42,20 @@ class ZooEntry:
 _REGISTRY = {}
 
 
-def register_model(name, builder, task, description, train_args=None, init_from=None,
-                   **builder_args):
+def register_model(
+    name, builder, task, description, train_args=None, init_from=None, **builder_args
+):
     """Registers `builder(**builder_args)` under `name`."""
     if name in _REGISTRY:
         raise ValueError(f"Model {name!r} is already registered.")
-    _REGISTRY[name] = ZooEntry(name, builder, builder_args, task, description,
-                               dict(train_args or {}), init_from)
+    _REGISTRY[name] = ZooEntry(
+        name, builder, builder_args, task, description, dict(train_args or {}), init_from
+    )
     if not hasattr(builder, "from_preset"):
         builder.from_preset = lambda preset, **kwargs: from_preset(builder, preset, **kwargs)
-        builder.from_preset.__doc__ = (f"`{builder.__name__}` from a zoo preset; see "
-                                       "`kzoo.applications.zoo.from_preset`.")
+        builder.from_preset.__doc__ = (
+            f"`{builder.__name__}` from a zoo preset; see `kzoo.applications.zoo.from_preset`."
+        )
         builder.presets = {}
     builder.presets[name] = description
 
@@ -146,9 +149,7 @@ def transfer_weights(source, target):
 def entry(name):
     """The `ZooEntry` registered under `name`."""
     if name not in _REGISTRY:
-        raise ValueError(
-            f"Unknown model {name!r}; registered models: {', '.join(list_models())}."
-        )
+        raise ValueError(f"Unknown model {name!r}; registered models: {', '.join(list_models())}.")
     return _REGISTRY[name]
 
 

@@ -45,8 +45,16 @@ class GradientFlow(keras.callbacks.Callback):
     ...     GradientFlow((x[:64], y[:64]), log_dir="logs")])
     """
 
-    def __init__(self, data, log_dir=None, every=1, vanishing_threshold=1e-7,
-                 exploding_threshold=1e3, histograms=True, verbose=0):
+    def __init__(
+        self,
+        data,
+        log_dir=None,
+        every=1,
+        vanishing_threshold=1e-7,
+        exploding_threshold=1e3,
+        histograms=True,
+        verbose=0,
+    ):
         super().__init__()
         if not isinstance(data, (tuple, list)) or len(data) not in (2, 3):
             raise ValueError("GradientFlow: `data` must be (x, y) or (x, y, sample_weight).")

@@ -62,9 +62,7 @@ class ServingExport(keras.callbacks.Callback):
     ):
         super().__init__()
         if mode not in ("auto", "min", "max"):
-            raise ValueError(
-                f"ServingExport: mode must be 'auto', 'min' or 'max', got {mode!r}."
-            )
+            raise ValueError(f"ServingExport: mode must be 'auto', 'min' or 'max', got {mode!r}.")
         if mode == "auto":
             maximize = any(k in monitor for k in ("acc", "auc", "precision", "recall"))
             mode = "max" if maximize else "min"
@@ -96,8 +94,11 @@ class ServingExport(keras.callbacks.Callback):
             )
         self.best = versions[served][self.monitor]
         if self.verbose:
-            print(f"ServingExport: version {served} is served with {self.monitor} = "
-                  f"{self.best:.5g}; exporting only what beats it.", file=sys.stderr)
+            print(
+                f"ServingExport: version {served} is served with {self.monitor} = "
+                f"{self.best:.5g}; exporting only what beats it.",
+                file=sys.stderr,
+            )
 
     def _improved(self, value):
         if not np.isfinite(value):  # a NaN/inf score never publishes a model
@@ -121,7 +122,10 @@ class ServingExport(keras.callbacks.Callback):
             return
         self.best = value
         path = export(
-            self.model, self.base_dir, name=self.name, sample_inputs=self.sample_inputs,
+            self.model,
+            self.base_dir,
+            name=self.name,
+            sample_inputs=self.sample_inputs,
             metrics={self.monitor: value},
         )
         self.exported.append(path)

@@ -31,9 +31,7 @@ def _split_of(filename):
 def source_files(split):
     """The standard-library files that make up `split`, sorted by name."""
     if split not in SPLITS:
-        raise ValueError(
-            f"stdlib_text: unknown split {split!r}; use one of {SPLITS}."
-        )
+        raise ValueError(f"stdlib_text: unknown split {split!r}; use one of {SPLITS}.")
     root = Path(sysconfig.get_paths()["stdlib"])
     return [p for p in sorted(root.glob("*.py")) if _split_of(p.name) == split]
 
@@ -69,10 +67,7 @@ def load(split, sequence_length=64, max_chars=None):
     >>> x.shape[1], bool((x[:, 1:] == y[:, :-1]).all())
     (32, True)
     """
-    text = "\n".join(
-        p.read_text(encoding="utf-8", errors="replace")
-        for p in source_files(split)
-    )
+    text = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in source_files(split))
     if max_chars is not None:
         text = text[:max_chars]
     ids = encode(text)

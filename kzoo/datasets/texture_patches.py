@@ -44,8 +44,11 @@ def _source(name):
 
 def split_tiles(shape, label):
     """The top-left corners of the tiles of each split, for one class's image."""
-    corners = [(y, x) for y in range(0, shape[0] - _TILE + 1, _TILE)
-               for x in range(0, shape[1] - _TILE + 1, _TILE)]
+    corners = [
+        (y, x)
+        for y in range(0, shape[0] - _TILE + 1, _TILE)
+        for x in range(0, shape[1] - _TILE + 1, _TILE)
+    ]
     order = np.random.default_rng([99, label]).permutation(len(corners))
     n_train = int(round(_FRACTIONS["train"] * len(corners)))
     n_val = int(round(_FRACTIONS["validation"] * len(corners)))
@@ -80,11 +83,13 @@ def load(split):
             top, left = tiles[rng.integers(len(tiles))]
             y = top + rng.integers(0, _TILE - PATCH_SIZE + 1)
             x = left + rng.integers(0, _TILE - PATCH_SIZE + 1)
-            patch = np.rot90(image[y:y + PATCH_SIZE, x:x + PATCH_SIZE], rng.integers(4))
+            patch = np.rot90(image[y : y + PATCH_SIZE, x : x + PATCH_SIZE], rng.integers(4))
             if rng.uniform() < 0.5:
                 patch = patch[:, ::-1]
             patches.append((patch - patch.mean()) / (patch.std() + 1e-6))
             labels.append(label)
     order = np.random.default_rng(_SPLIT_SEEDS[split]).permutation(len(labels))
-    return (np.stack(patches)[order, ..., None].astype("float32"),
-            np.asarray(labels, "int32")[order])
+    return (
+        np.stack(patches)[order, ..., None].astype("float32"),
+        np.asarray(labels, "int32")[order],
+    )

@@ -31,8 +31,15 @@ NUM_CLASSES = len(CLASSES)
 IMAGE_SIZE = 64
 SPLITS = {"train": 1000, "validation": 150, "test": 150}
 _SPLIT_SEEDS = {"train": 0, "validation": 1, "test": 2}
-_BACKGROUNDS = ("astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field",
-                "immunohistochemistry", "retina")
+_BACKGROUNDS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+)
 _TEXTURES = ("brick", "grass", "gravel")
 
 
@@ -56,7 +63,7 @@ def _sources():
 def _crop(rng, image, size):
     y = rng.integers(0, image.shape[0] - size + 1)
     x = rng.integers(0, image.shape[1] - size + 1)
-    return image[y:y + size, x:x + size]
+    return image[y : y + size, x : x + size]
 
 
 def _shape_mask(rng, size):
@@ -66,14 +73,14 @@ def _shape_mask(rng, size):
     cy, cx = rng.uniform(0.2, 0.8, size=2) * size
     if rng.uniform() < 0.5:
         ry, rx = rng.uniform(0.12, 0.32, size=2) * size
-        rr, cc = draw.ellipse(cy, cx, ry, rx, shape=mask.shape,
-                              rotation=rng.uniform(0, np.pi))
+        rr, cc = draw.ellipse(cy, cx, ry, rx, shape=mask.shape, rotation=rng.uniform(0, np.pi))
     else:
         n = rng.integers(3, 7)
         angles = np.sort(rng.uniform(0, 2 * np.pi, size=n))
         radii = rng.uniform(0.12, 0.35, size=n) * size
-        rr, cc = draw.polygon(cy + radii * np.sin(angles), cx + radii * np.cos(angles),
-                              shape=mask.shape)
+        rr, cc = draw.polygon(
+            cy + radii * np.sin(angles), cx + radii * np.cos(angles), shape=mask.shape
+        )
     mask[rr, cc] = True
     return mask
 
@@ -90,7 +97,7 @@ def _horse_mask(rng, size, horse):
     y = rng.integers(-height // 4, size - 3 * height // 4)
     x = rng.integers(-width // 4, size - 3 * width // 4)
     ys, xs = slice(max(y, 0), min(y + height, size)), slice(max(x, 0), min(x + width, size))
-    mask[ys, xs] = shape[ys.start - y:ys.stop - y, xs.start - x:xs.stop - x]
+    mask[ys, xs] = shape[ys.start - y : ys.stop - y, xs.start - x : xs.stop - x]
     return mask
 
 
@@ -123,10 +130,12 @@ class KzooTextureScenes(tfds.core.GeneratorBasedBuilder):
     def _info(self):
         return self.dataset_info_from_configs(
             description=__doc__,
-            features=tfds.features.FeaturesDict({
-                "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
-                "segmentation_mask": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 1)),
-            }),
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3)),
+                    "segmentation_mask": tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 1)),
+                }
+            ),
             supervised_keys=("image", "segmentation_mask"),
         )
 
@@ -173,16 +182,19 @@ def load(split, directory=None):
             f"rm -rf {cache} and run the command again (it is regenerated locally, "
             "in about a minute), or set KZOO_DATA_DIR to another directory."
         ) from e
-    return (data["image"].astype("float32") / 255.0,
-            data["segmentation_mask"][..., 0].astype("int32"))
+    return (
+        data["image"].astype("float32") / 255.0,
+        data["segmentation_mask"][..., 0].astype("int32"),
+    )
 
 
 class DatasetCacheError(OSError):
     """A locally prepared TFDS data set is corrupt; the message says how to rebuild it."""
 
 
-def load_tfds_segmentation(name, split, image_size=IMAGE_SIZE, directory=None,
-                           mask_key="segmentation_mask"):
+def load_tfds_segmentation(
+    name, split, image_size=IMAGE_SIZE, directory=None, mask_key="segmentation_mask"
+):
     """Loads a real TFDS segmentation set the user has prepared locally.
 
     `oxford_iiit_pet` trimaps (1 pet, 2 background, 3 border) become labels
@@ -206,8 +218,10 @@ def load_tfds_segmentation(name, split, image_size=IMAGE_SIZE, directory=None,
 
     dataset = tfds.load(name, split=split, data_dir=directory, download=False)
     if mask_key not in dataset.element_spec:
-        raise ValueError(f"load_tfds_segmentation: {name!r} has no {mask_key!r} feature; "
-                         f"its features are {sorted(dataset.element_spec)}.")
+        raise ValueError(
+            f"load_tfds_segmentation: {name!r} has no {mask_key!r} feature; "
+            f"its features are {sorted(dataset.element_spec)}."
+        )
     images, labels = [], []
     for example in tfds.as_numpy(dataset):
         image = tf.image.resize(example["image"], (image_size, image_size)).numpy() / 255.0
@@ -248,6 +262,7 @@ def augment(images, labels, rng, max_shift=8):
 def _shift(array, dy, dx):
     out = np.zeros_like(array)
     h, w = array.shape[:2]
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
-        array[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = array[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out

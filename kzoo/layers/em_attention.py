@@ -47,8 +47,9 @@ def m_step(x, z, normalize=True, epsilon=1e-6):
     return _normalize(mu) if normalize else mu
 
 
-def em_iterations(x, mu, iterations, gamma=1.0, temperature=1.0, normalize=True,
-                  stop_gradient=False):
+def em_iterations(
+    x, mu, iterations, gamma=1.0, temperature=1.0, normalize=True, stop_gradient=False
+):
     """Unrolled (generalized) EM from initial bases `mu`.
 
     Args:
@@ -118,8 +119,17 @@ def running_bases(bases, batch_bases, momentum):
 class _EMModule(keras.layers.Layer):
     """EMANet's module around unrolled EM; shared by both public layers."""
 
-    def __init__(self, num_bases=64, iterations=3, gamma=1.0, learnable_gamma=False,
-                 stop_gradient=True, temperature=1.0, momentum=0.9, **kwargs):
+    def __init__(
+        self,
+        num_bases=64,
+        iterations=3,
+        gamma=1.0,
+        learnable_gamma=False,
+        stop_gradient=True,
+        temperature=1.0,
+        momentum=0.9,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if not isinstance(num_bases, int) or num_bases < 1:
             raise ValueError(f"`num_bases` must be a positive int, got {num_bases!r}.")
@@ -147,17 +157,22 @@ class _EMModule(keras.layers.Layer):
             )
         channels = input_shape[-1]
         self.bases = self.add_weight(
-            name="bases", shape=(self.num_bases, channels), trainable=False,
-            initializer=_UnitBases(math.sqrt(2.0 / self.num_bases)), autocast=False,
+            name="bases",
+            shape=(self.num_bases, channels),
+            trainable=False,
+            initializer=_UnitBases(math.sqrt(2.0 / self.num_bases)),
+            autocast=False,
         )
         if self.learnable_gamma:
             logit = math.log(self.gamma / (1.0 - self.gamma))
             self.gamma_logit = self.add_weight(
-                name="gamma_logit", shape=(), initializer=keras.initializers.Constant(logit))
+                name="gamma_logit", shape=(), initializer=keras.initializers.Constant(logit)
+            )
         policy = self.dtype_policy
         self.conv_in = keras.layers.Conv2D(channels, 1, name="conv_in", dtype=policy)
-        self.conv_out = keras.layers.Conv2D(channels, 1, use_bias=False, name="conv_out",
-                                            dtype=policy)
+        self.conv_out = keras.layers.Conv2D(
+            channels, 1, use_bias=False, name="conv_out", dtype=policy
+        )
         self.norm = FiniteBatchNormalization(name="norm", dtype=policy)
         self.conv_in.build(input_shape)
         self.conv_out.build(input_shape)
@@ -178,8 +193,14 @@ class _EMModule(keras.layers.Layer):
         # A copy: the running-mean update below assigns the variable in place,
         # which PyTorch's autograd would otherwise see through this tensor.
         mu0 = ops.copy(ops.cast(self.bases, x.dtype))
-        z, mu = em_iterations(x, mu0, self.iterations, gamma=self.current_gamma(),
-                              temperature=self.temperature, stop_gradient=self.stop_gradient)
+        z, mu = em_iterations(
+            x,
+            mu0,
+            self.iterations,
+            gamma=self.current_gamma(),
+            temperature=self.temperature,
+            stop_gradient=self.stop_gradient,
+        )
         if training:
             self.bases.assign(running_bases(self.bases, ops.stop_gradient(mu), self.momentum))
         reconstruction = ops.reshape(ops.matmul(z, mu), shape)
@@ -244,11 +265,24 @@ class EMAttention(_EMModule):
     (2, 8, 8, 16)
     """
 
-    def __init__(self, num_bases=64, iterations=3, stop_gradient=True, temperature=1.0,
-                 momentum=0.9, **kwargs):
-        super().__init__(num_bases=num_bases, iterations=iterations, gamma=1.0,
-                         stop_gradient=stop_gradient, temperature=temperature,
-                         momentum=momentum, **kwargs)
+    def __init__(
+        self,
+        num_bases=64,
+        iterations=3,
+        stop_gradient=True,
+        temperature=1.0,
+        momentum=0.9,
+        **kwargs,
+    ):
+        super().__init__(
+            num_bases=num_bases,
+            iterations=iterations,
+            gamma=1.0,
+            stop_gradient=stop_gradient,
+            temperature=temperature,
+            momentum=momentum,
+            **kwargs,
+        )
 
     def get_config(self):
         return {**super().get_config(), "stop_gradient": self.stop_gradient}
@@ -283,12 +317,30 @@ class HighwayEM(_EMModule):
     (2, 8, 8, 16)
     """
 
-    def __init__(self, num_bases=64, iterations=3, gamma=0.5, learnable_gamma=False,
-                 temperature=1.0, momentum=0.9, **kwargs):
-        super().__init__(num_bases=num_bases, iterations=iterations, gamma=gamma,
-                         learnable_gamma=learnable_gamma, stop_gradient=False,
-                         temperature=temperature, momentum=momentum, **kwargs)
+    def __init__(
+        self,
+        num_bases=64,
+        iterations=3,
+        gamma=0.5,
+        learnable_gamma=False,
+        temperature=1.0,
+        momentum=0.9,
+        **kwargs,
+    ):
+        super().__init__(
+            num_bases=num_bases,
+            iterations=iterations,
+            gamma=gamma,
+            learnable_gamma=learnable_gamma,
+            stop_gradient=False,
+            temperature=temperature,
+            momentum=momentum,
+            **kwargs,
+        )
 
     def get_config(self):
-        return {**super().get_config(), "gamma": self.gamma,
-                "learnable_gamma": self.learnable_gamma}
+        return {
+            **super().get_config(),
+            "gamma": self.gamma,
+            "learnable_gamma": self.learnable_gamma,
+        }

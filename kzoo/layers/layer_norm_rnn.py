@@ -87,9 +87,7 @@ def layer_norm_lstm_step(
     Returns:
         `(h_t, c_t)`.
     """
-    z = layer_norm(
-        ops.matmul(inputs, params["kernel"]), *params["kernel_norm"], epsilon
-    )
+    z = layer_norm(ops.matmul(inputs, params["kernel"]), *params["kernel_norm"], epsilon)
     z = z + layer_norm(
         ops.matmul(h_prev, params["recurrent_kernel"]),
         *params["recurrent_norm"],
@@ -98,12 +96,8 @@ def layer_norm_lstm_step(
     if params.get("bias") is not None:
         z = z + params["bias"]
     z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
-    c = recurrent_activation(z_f) * c_prev + recurrent_activation(
-        z_i
-    ) * activation(z_c)
-    h = recurrent_activation(z_o) * activation(
-        layer_norm(c, *params["state_norm"], epsilon)
-    )
+    c = recurrent_activation(z_f) * c_prev + recurrent_activation(z_i) * activation(z_c)
+    h = recurrent_activation(z_o) * activation(layer_norm(c, *params["state_norm"], epsilon))
     return h, c
 
 
@@ -149,16 +143,12 @@ def layer_norm_gru_step(
     h_proj = ops.matmul(recurrent_input, params["recurrent_kernel"])
     gates = layer_norm(
         x_proj[..., : 2 * units], *params["gates_kernel_norm"], epsilon
-    ) + layer_norm(
-        h_proj[..., : 2 * units], *params["gates_recurrent_norm"], epsilon
-    )
+    ) + layer_norm(h_proj[..., : 2 * units], *params["gates_recurrent_norm"], epsilon)
     if params.get("bias") is not None:
         gates = gates + params["bias"]
     z, r = ops.split(gates, 2, axis=-1)
     candidate = activation(
-        layer_norm(
-            x_proj[..., 2 * units :], *params["candidate_kernel_norm"], epsilon
-        )
+        layer_norm(x_proj[..., 2 * units :], *params["candidate_kernel_norm"], epsilon)
         + recurrent_activation(r)
         * layer_norm(
             h_proj[..., 2 * units :],
@@ -170,9 +160,7 @@ def layer_norm_gru_step(
     return (1.0 - update) * h_prev + update * candidate
 
 
-def layer_norm_simple_rnn_step(
-    inputs, h_prev, params, epsilon=1e-3, activation=ops.tanh
-):
+def layer_norm_simple_rnn_step(inputs, h_prev, params, epsilon=1e-3, activation=ops.tanh):
     """One step of the layer-normalized simple RNN (paper eq. 4).
 
         h_t = f(LN(x W + h U))
@@ -190,9 +178,7 @@ def layer_norm_simple_rnn_step(
     Returns:
         `h_t`.
     """
-    summed = ops.matmul(inputs, params["kernel"]) + ops.matmul(
-        h_prev, params["recurrent_kernel"]
-    )
+    summed = ops.matmul(inputs, params["kernel"]) + ops.matmul(h_prev, params["recurrent_kernel"])
     return activation(layer_norm(summed, *params["norm"], epsilon))
 
 
@@ -229,8 +215,7 @@ class _LayerNormCell(keras.layers.Layer, DropoutRNNCell):
         ):
             if not 0.0 <= rate < 1.0:
                 raise ValueError(
-                    f"{type(self).__name__} '{self.name}': `{arg}` must be in "
-                    f"[0, 1), got {rate!r}."
+                    f"{type(self).__name__} '{self.name}': `{arg}` must be in [0, 1), got {rate!r}."
                 )
         if norm_epsilon <= 0:
             raise ValueError(
@@ -301,44 +286,23 @@ class _LayerNormCell(keras.layers.Layer, DropoutRNNCell):
         return inputs, h_prev
 
     def get_initial_state(self, batch_size=None):
-        sizes = (
-            self.state_size
-            if isinstance(self.state_size, (list, tuple))
-            else [self.state_size]
-        )
-        return [
-            ops.zeros((batch_size, size), dtype=self.compute_dtype)
-            for size in sizes
-        ]
+        sizes = self.state_size if isinstance(self.state_size, (list, tuple)) else [self.state_size]
+        return [ops.zeros((batch_size, size), dtype=self.compute_dtype) for size in sizes]
 
     def get_config(self):
         config = {
             "units": self.units,
             "activation": activations.serialize(self.activation),
-            "kernel_initializer": initializers.serialize(
-                self.kernel_initializer
-            ),
-            "recurrent_initializer": initializers.serialize(
-                self.recurrent_initializer
-            ),
-            "kernel_regularizer": regularizers.serialize(
-                self.kernel_regularizer
-            ),
-            "recurrent_regularizer": regularizers.serialize(
-                self.recurrent_regularizer
-            ),
+            "kernel_initializer": initializers.serialize(self.kernel_initializer),
+            "recurrent_initializer": initializers.serialize(self.recurrent_initializer),
+            "kernel_regularizer": regularizers.serialize(self.kernel_regularizer),
+            "recurrent_regularizer": regularizers.serialize(self.recurrent_regularizer),
             "kernel_constraint": constraints.serialize(self.kernel_constraint),
-            "recurrent_constraint": constraints.serialize(
-                self.recurrent_constraint
-            ),
+            "recurrent_constraint": constraints.serialize(self.recurrent_constraint),
             "dropout": self.dropout,
             "recurrent_dropout": self.recurrent_dropout,
-            "norm_gamma_initializer": initializers.serialize(
-                self.norm_gamma_initializer
-            ),
-            "norm_beta_initializer": initializers.serialize(
-                self.norm_beta_initializer
-            ),
+            "norm_gamma_initializer": initializers.serialize(self.norm_gamma_initializer),
+            "norm_beta_initializer": initializers.serialize(self.norm_beta_initializer),
             "norm_epsilon": self.norm_epsilon,
             "seed": self.seed,
         }
@@ -378,9 +342,7 @@ class _GatedLayerNormCell(_LayerNormCell):
 
     def get_config(self):
         config = {
-            "recurrent_activation": activations.serialize(
-                self.recurrent_activation
-            ),
+            "recurrent_activation": activations.serialize(self.recurrent_activation),
             "use_bias": self.use_bias,
             "bias_initializer": initializers.serialize(self.bias_initializer),
             "bias_regularizer": regularizers.serialize(self.bias_regularizer),
@@ -528,18 +490,10 @@ class LayerNormGRUCell(_GatedLayerNormCell):
         input_dim = self._check_input_shape(input_shape)
         self._add_kernels(input_dim, 3 * self.units)
         self.bias = self._add_bias(2 * self.units)
-        self.gates_kernel_norm = self._add_norm(
-            "gates_kernel_norm", 2 * self.units
-        )
-        self.gates_recurrent_norm = self._add_norm(
-            "gates_recurrent_norm", 2 * self.units
-        )
-        self.candidate_kernel_norm = self._add_norm(
-            "candidate_kernel_norm", self.units
-        )
-        self.candidate_recurrent_norm = self._add_norm(
-            "candidate_recurrent_norm", self.units
-        )
+        self.gates_kernel_norm = self._add_norm("gates_kernel_norm", 2 * self.units)
+        self.gates_recurrent_norm = self._add_norm("gates_recurrent_norm", 2 * self.units)
+        self.candidate_kernel_norm = self._add_norm("candidate_kernel_norm", self.units)
+        self.candidate_recurrent_norm = self._add_norm("candidate_recurrent_norm", self.units)
 
     def call(self, inputs, states, training=False):
         h_prev = states[0] if isinstance(states, (list, tuple)) else states
@@ -642,16 +596,11 @@ class _LayerNormRNN(keras.layers.RNN):
             if "__init__" in vars(klass):
                 cell_args |= set(inspect.signature(klass.__init__).parameters)
         cell_kwargs = {
-            k: kwargs.pop(k)
-            for k in list(kwargs)
-            if k in cell_args and k not in _BASE_LAYER_CONFIG
+            k: kwargs.pop(k) for k in list(kwargs) if k in cell_args and k not in _BASE_LAYER_CONFIG
         }
         unknown = set(kwargs) - set(_RNN_ARGS) - {"name", "trainable", "dtype"}
         if unknown:
-            raise TypeError(
-                f"{type(self).__name__} got unexpected arguments: "
-                f"{sorted(unknown)}."
-            )
+            raise TypeError(f"{type(self).__name__} got unexpected arguments: {sorted(unknown)}.")
         cell = self.cell_class(
             units,
             dtype=kwargs.get("dtype"),
@@ -664,8 +613,7 @@ class _LayerNormRNN(keras.layers.RNN):
 
     def call(self, sequences, initial_state=None, mask=None, training=False):
         contracts.check_nonempty(self, sequences, (1,), "at least one time step")
-        return super().call(sequences, initial_state=initial_state, mask=mask,
-                            training=training)
+        return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
 
     @property
     def units(self):
@@ -691,9 +639,7 @@ class _LayerNormRNN(keras.layers.RNN):
         config = super().get_config()
         del config["cell"]
         cell_config = {
-            k: v
-            for k, v in self.cell.get_config().items()
-            if k not in _BASE_LAYER_CONFIG
+            k: v for k, v in self.cell.get_config().items() if k not in _BASE_LAYER_CONFIG
         }
         return {**config, **cell_config}
 

@@ -49,9 +49,7 @@ def _check_matrices(x, name):
     """Raises `ValueError` unless `x` is a (batch of) square matrices."""
     shape = tuple(x.shape)
     if len(shape) < 2 or shape[-1] != shape[-2] or shape[-1] is None:
-        raise ValueError(
-            f"{name} expects square matrices of shape (..., n, n); got shape {shape}."
-        )
+        raise ValueError(f"{name} expects square matrices of shape (..., n, n); got shape {shape}.")
 
 
 def valid_symmetric(matrix):
@@ -66,7 +64,7 @@ def valid_symmetric(matrix):
     scale = ops.max(ops.abs(safe), axis=(-2, -1), initial=0.0)  # initial: empty batches
     asymmetry = ops.max(ops.abs(safe - ops.swapaxes(safe, -1, -2)), axis=(-2, -1), initial=0.0)
     eps = float(np.finfo(keras.backend.standardize_dtype(matrix.dtype)).eps)
-    return finite & (asymmetry <= 100.0 * eps ** 0.5 * _floor(scale, 1e-30))
+    return finite & (asymmetry <= 100.0 * eps**0.5 * _floor(scale, 1e-30))
 
 
 def _guarded(matrix, fn, extra_valid=None):
@@ -112,7 +110,9 @@ def divided_differences(eigenvalues, fn, derivative):
     li = ops.expand_dims(eigenvalues, -1)
     lj = ops.expand_dims(eigenvalues, -2)
     gap = li - lj
-    close = ops.abs(gap) <= tolerance * _floor(ops.where(ops.abs(li) > ops.abs(lj), ops.abs(li), ops.abs(lj)), tiny)
+    close = ops.abs(gap) <= tolerance * _floor(
+        ops.where(ops.abs(li) > ops.abs(lj), ops.abs(li), ops.abs(lj)), tiny
+    )
     quotient = (fn(li) - fn(lj)) / ops.where(close, ops.ones_like(gap), gap)
     return ops.where(close, derivative(0.5 * (li + lj)), quotient)
 
@@ -165,8 +165,10 @@ def matrix_log(matrix, min_eigenvalue=1e-6):
     def derivative(lam):
         return ops.where(lam > min_eigenvalue, 1.0 / _floor(lam, min_eigenvalue), 0.0)
 
-    return _guarded(matrix, lambda m: spectral_function(
-        m, fn, lambda lam: divided_differences(lam, fn, derivative)))
+    return _guarded(
+        matrix,
+        lambda m: spectral_function(m, fn, lambda lam: divided_differences(lam, fn, derivative)),
+    )
 
 
 def matrix_power(matrix, power, min_eigenvalue=1e-6):
@@ -188,8 +190,10 @@ def matrix_power(matrix, power, min_eigenvalue=1e-6):
         slope = power * ops.power(_floor(lam, min_eigenvalue), power - 1.0)
         return ops.where(lam > min_eigenvalue, slope, 0.0)
 
-    return _guarded(matrix, lambda m: spectral_function(
-        m, fn, lambda lam: divided_differences(lam, fn, derivative)))
+    return _guarded(
+        matrix,
+        lambda m: spectral_function(m, fn, lambda lam: divided_differences(lam, fn, derivative)),
+    )
 
 
 def newton_schulz_sqrt(matrix, iterations=5, inverse=False):
@@ -224,8 +228,7 @@ def newton_schulz_sqrt(matrix, iterations=5, inverse=False):
         residual = ops.sum(ops.square(z @ y - identity), axis=(-2, -1))
         converged = (trace[..., 0, 0] > 0) & (residual <= n)
         result = z / ops.sqrt(trace) if inverse else y * ops.sqrt(trace)
-        return ops.where(converged[..., None, None], result,
-                         ops.cast(float("nan"), result.dtype))
+        return ops.where(converged[..., None, None], result, ops.cast(float("nan"), result.dtype))
 
     return _guarded(matrix, iterate)
 
@@ -314,9 +317,12 @@ def normalized_affinity(features, bandwidth=1.0):
     """
     features = _as_float(features)
     squared = ops.sum(features * features, axis=-1)
-    distances = (ops.expand_dims(squared, -1) + ops.expand_dims(squared, -2)
-                 - 2.0 * features @ ops.swapaxes(features, -1, -2))
-    affinity = ops.exp(-_floor(distances, 0.0) / (2.0 * bandwidth ** 2))
+    distances = (
+        ops.expand_dims(squared, -1)
+        + ops.expand_dims(squared, -2)
+        - 2.0 * features @ ops.swapaxes(features, -1, -2)
+    )
+    affinity = ops.exp(-_floor(distances, 0.0) / (2.0 * bandwidth**2))
     scale = ops.rsqrt(ops.sum(affinity, axis=-1))
     return affinity * ops.expand_dims(scale, -1) * ops.expand_dims(scale, -2)
 
@@ -354,13 +360,19 @@ def _check_rank(layer, input_shape, rank, what):
 def _check_features(layer, input_shape):
     """Features `(batch, positions..., channels)`: rank 3 or 4, known channels, and
     at least one position; fixed for later calls by an `InputSpec`."""
-    _check_rank(layer, input_shape, (3, 4),
-                "features of shape (batch, positions, channels) or (batch, H, W, channels)")
+    _check_rank(
+        layer,
+        input_shape,
+        (3, 4),
+        "features of shape (batch, positions, channels) or (batch, H, W, channels)",
+    )
     if input_shape[-1] is None:
         raise ValueError(f"{layer.__class__.__name__} needs a known number of channels.")
     if 0 in input_shape[1:-1]:
-        raise ValueError(f"{layer.__class__.__name__} needs at least one position; got "
-                         f"shape {tuple(input_shape)}.")
+        raise ValueError(
+            f"{layer.__class__.__name__} needs at least one position; got "
+            f"shape {tuple(input_shape)}."
+        )
     layer.input_spec = keras.InputSpec(ndim=len(input_shape), axes={-1: input_shape[-1]})
 
 
@@ -404,8 +416,9 @@ class SecondOrderPooling(keras.layers.Layer):
         _check_features(self, input_shape)
 
     def call(self, inputs):
-        contracts.check_nonempty(self, inputs, range(1, len(inputs.shape) - 1),
-                                 "at least one position")
+        contracts.check_nonempty(
+            self, inputs, range(1, len(inputs.shape) - 1), "at least one position"
+        )
         return covariance_pooling(inputs, self.epsilon, self.center)
 
     def compute_output_shape(self, input_shape):
@@ -538,9 +551,12 @@ class MatrixPower(_SpectralLayer):
         if self.method == "eigh":
             return matrix_power(inputs, self.power, self.min_eigenvalue)
         outputs = newton_schulz_sqrt(inputs, self.iterations, inverse=self.power < 0)
-        contracts.enforce(self, contracts.finite_examples(outputs),
-                          "positive semi-definite matrices with a positive trace "
-                          "(the Newton–Schulz iteration diverged)")
+        contracts.enforce(
+            self,
+            contracts.finite_examples(outputs),
+            "positive semi-definite matrices with a positive trace "
+            "(the Newton–Schulz iteration diverged)",
+        )
         return outputs
 
     def get_config(self):
@@ -601,16 +617,23 @@ class UpperTriangle(keras.layers.Layer):
         if not keras.backend.is_float_dtype(inputs.dtype):
             inputs = ops.cast(inputs, self.compute_dtype)
         # An asymmetric matrix, or a NaN below the diagonal, would be dropped silently.
-        return contracts.checked(self, upper_triangle(inputs, self.scale_off_diagonal),
-                                 valid_symmetric(inputs), "finite, symmetric matrices")
+        return contracts.checked(
+            self,
+            upper_triangle(inputs, self.scale_off_diagonal),
+            valid_symmetric(inputs),
+            "finite, symmetric matrices",
+        )
 
     def compute_output_shape(self, input_shape):
         n = input_shape[-1]
         return (input_shape[0], n * (n + 1) // 2)
 
     def get_config(self):
-        return {**super().get_config(), "scale_off_diagonal": self.scale_off_diagonal,
-                "check_values": self.check_values}
+        return {
+            **super().get_config(),
+            "scale_off_diagonal": self.scale_off_diagonal,
+            "check_values": self.check_values,
+        }
 
 
 @keras.saving.register_keras_serializable(package="kzoo")

@@ -56,8 +56,12 @@ def neighbour_offsets(radius):
         raise ValueError(f"`radius` must be a non-negative int, got {radius!r}.")
     r = int(radius)
     return np.array(
-        [(dy, dx) for dy in range(-r, r + 1) for dx in range(-r, r + 1)
-         if dy * dy + dx * dx <= r * r],
+        [
+            (dy, dx)
+            for dy in range(-r, r + 1)
+            for dx in range(-r, r + 1)
+            if dy * dy + dx * dx <= r * r
+        ],
         dtype="int64",
     ).reshape(-1, 2)
 
@@ -82,7 +86,7 @@ def _spatial_size(x):
 
 def _shifted(x_padded, dy, dx, radius, height, width):
     """`x[:, y + dy, x + dx, :]` for every (y, x), from x zero-padded by radius."""
-    return x_padded[:, radius + dy:radius + dy + height, radius + dx:radius + dx + width, :]
+    return x_padded[:, radius + dy : radius + dy + height, radius + dx : radius + dx + width, :]
 
 
 def _pad(x, radius):
@@ -127,7 +131,7 @@ def pixel_affinities(features, weights, radius):
     # of pixel i - o to i, so only the offsets after (0, 0) (half of them) are
     # computed from the features; the others are shifted copies.
     half = {}
-    for dy, dx in offsets[len(offsets) // 2:]:
+    for dy, dx in offsets[len(offsets) // 2 :]:
         distances = ops.abs(features - _shifted(padded, dy, dx, radius, height, width))
         half[(dy, dx)] = ops.matmul(distances, weights)[..., None]
     logits = []
@@ -194,8 +198,10 @@ def sparse_transition_matrix(transition, radius):
     values = ops.take(ops.reshape(transition, (batch, size * num_neighbours)), flat, axis=1)
     start = ops.expand_dims(ops.arange(batch, dtype="int32") * size, 1)
     indices = ops.stack(
-        [ops.reshape(start + rows[None].astype("int32"), (-1,)),
-         ops.reshape(start + cols[None].astype("int32"), (-1,))],
+        [
+            ops.reshape(start + rows[None].astype("int32"), (-1,)),
+            ops.reshape(start + cols[None].astype("int32"), (-1,)),
+        ],
         axis=-1,
     )
     return backend.sparse_matrix(indices, ops.reshape(values, (-1,)), batch * size, batch * size)
@@ -206,7 +212,7 @@ def _stencil_step(potentials, transition, radius):
     padded = _pad(potentials, radius)
     result = None
     for p, (dy, dx) in enumerate(neighbour_offsets(radius)):
-        term = transition[..., p:p + 1] * _shifted(padded, dy, dx, radius, height, width)
+        term = transition[..., p : p + 1] * _shifted(padded, dy, dx, radius, height, width)
         result = term if result is None else result + term
     return result
 
@@ -280,8 +286,15 @@ def converged_walk_steps(alpha, tolerance):
     return max(0, math.ceil(math.log(tolerance) / math.log(alpha)) - 1)
 
 
-def random_walk(potentials, transition, mode="converged", alpha=0.01, steps=None,
-                tolerance=1e-5, implementation="auto"):
+def random_walk(
+    potentials,
+    transition,
+    mode="converged",
+    alpha=0.01,
+    steps=None,
+    tolerance=1e-5,
+    implementation="auto",
+):
     """The random walk of Random Walk Networks.
 
     Args:
@@ -354,11 +367,14 @@ def affinity_targets(labels, radius, ignore_class=None):
     padded = _pad(labels[..., None] - fill, radius)[..., 0] + fill  # pads with `fill`
     same, valid = [], []
     for dy, dx in neighbour_offsets(radius):
-        other = padded[:, radius + dy:radius + dy + height, radius + dx:radius + dx + width]
+        other = padded[:, radius + dy : radius + dy + height, radius + dx : radius + dx + width]
         same.append(ops.equal(labels, other))
         if ignore_class is not None:
-            valid.append(ops.logical_and(ops.not_equal(labels, ignore_class),
-                                         ops.not_equal(other, ignore_class)))
+            valid.append(
+                ops.logical_and(
+                    ops.not_equal(labels, ignore_class), ops.not_equal(other, ignore_class)
+                )
+            )
     targets = ops.cast(ops.stack(same, axis=-1), "float32")
     mask = neighbour_mask(height, width, radius)
     if ignore_class is not None:
@@ -398,8 +414,14 @@ class PixelAffinity(keras.layers.Layer):
     (2, 16, 16, 13)
     """
 
-    def __init__(self, radius, kernel_initializer=None, kernel_regularizer=None,
-                 kernel_constraint=None, **kwargs):
+    def __init__(
+        self,
+        radius,
+        kernel_initializer=None,
+        kernel_regularizer=None,
+        kernel_constraint=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_neighbours = len(neighbour_offsets(radius))
         self.radius = int(radius)
@@ -478,8 +500,16 @@ class RandomWalk(keras.layers.Layer):
     (2, 16, 16, 3)
     """
 
-    def __init__(self, mode="converged", alpha=0.01, steps=None, tolerance=1e-5,
-                 implementation="auto", check_values=True, **kwargs):
+    def __init__(
+        self,
+        mode="converged",
+        alpha=0.01,
+        steps=None,
+        tolerance=1e-5,
+        implementation="auto",
+        check_values=True,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.check_values = bool(check_values)
         _check_walk_args(mode, alpha, steps, tolerance)
@@ -517,14 +547,17 @@ class RandomWalk(keras.layers.Layer):
                 f"{self.name}: the affinities' last axis must be the number of "
                 f"neighbours of a radius (1, 5, 13, 29, 49, 81, ...), got {a_shape}."
             )
-        self.input_spec = [keras.InputSpec(ndim=4, axes={-1: f_shape[-1]}),
-                           keras.InputSpec(ndim=4, axes={-1: a_shape[-1]})]
+        self.input_spec = [
+            keras.InputSpec(ndim=4, axes={-1: f_shape[-1]}),
+            keras.InputSpec(ndim=4, axes={-1: a_shape[-1]}),
+        ]
 
     def call(self, inputs):
         potentials, affinities = inputs
         contracts.check_nonempty(self, potentials, (1, 2), "at least one pixel")
-        if None not in (*potentials.shape[1:3], *affinities.shape[1:3]) and \
-                tuple(potentials.shape[1:3]) != tuple(affinities.shape[1:3]):
+        if None not in (*potentials.shape[1:3], *affinities.shape[1:3]) and tuple(
+            potentials.shape[1:3]
+        ) != tuple(affinities.shape[1:3]):
             raise ValueError(
                 f"Layer {self.name!r} (RandomWalk): potentials and affinities must have the "
                 f"same height and width; got {tuple(potentials.shape)} and "
@@ -537,11 +570,15 @@ class RandomWalk(keras.layers.Layer):
         # one would make rows that sum to 1 with negative "probabilities".
         valid = contracts.finite_examples(affinities) & ops.all(affinities >= 0, axis=(1, 2, 3))
         contracts.enforce(self, valid, "finite, non-negative affinities")
-        affinities = ops.where(valid[:, None, None, None], affinities,
-                               ops.zeros_like(affinities))
+        affinities = ops.where(valid[:, None, None, None], affinities, ops.zeros_like(affinities))
         walked = random_walk(
-            potentials, transition_matrix(affinities), mode=self.mode, alpha=self.alpha,
-            steps=self.steps, tolerance=self.tolerance, implementation=self.implementation,
+            potentials,
+            transition_matrix(affinities),
+            mode=self.mode,
+            alpha=self.alpha,
+            steps=self.steps,
+            tolerance=self.tolerance,
+            implementation=self.implementation,
         )
         return contracts.poison(walked, valid)
 

@@ -103,8 +103,14 @@ class FilterBasis(keras.layers.Layer):
     (1, 8, 8, 32)
     """
 
-    def __init__(self, num_filters, kernel_size=3, kernel_initializer="he_normal",
-                 kernel_regularizer=None, **kwargs):
+    def __init__(
+        self,
+        num_filters,
+        kernel_size=3,
+        kernel_initializer="he_normal",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.num_filters = num_filters
         self.kernel_size = kernel_size
@@ -186,17 +192,28 @@ class SharedBasisConv2D(keras.layers.Layer):
     (1, 8, 8, 16)
     """
 
-    def __init__(self, filters, basis, num_unique=0, strides=1, use_bias=False,
-                 coefficient_initializer="glorot_uniform", kernel_initializer="he_normal",
-                 kernel_regularizer=None, **kwargs):
+    def __init__(
+        self,
+        filters,
+        basis,
+        num_unique=0,
+        strides=1,
+        use_bias=False,
+        coefficient_initializer="glorot_uniform",
+        kernel_initializer="he_normal",
+        kernel_regularizer=None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         if isinstance(basis, dict):
             basis = keras.saving.deserialize_keras_object(basis)
         if not isinstance(basis, FilterBasis):
             raise ValueError(f"SharedBasisConv2D expects a FilterBasis; got {basis!r}.")
         if not 0 <= num_unique < filters:
-            raise ValueError(f"SharedBasisConv2D needs 0 <= num_unique < filters={filters}; "
-                             f"got num_unique={num_unique}.")
+            raise ValueError(
+                f"SharedBasisConv2D needs 0 <= num_unique < filters={filters}; "
+                f"got num_unique={num_unique}."
+            )
         self.filters = filters
         self.basis = basis
         self.num_unique = num_unique

@@ -66,8 +66,8 @@ class CandidateSpectralNorm(keras.constraints.Constraint):
                 f"CandidateSpectralNorm expects a GRU recurrent kernel of shape "
                 f"(units, 3 * units); got {tuple(w.shape)}."
             )
-        candidate = clip_spectral_norm(w[:, 2 * units:], self.max_value)
-        return ops.concatenate([w[:, :2 * units], ops.cast(candidate, w.dtype)], axis=-1)
+        candidate = clip_spectral_norm(w[:, 2 * units :], self.max_value)
+        return ops.concatenate([w[:, : 2 * units], ops.cast(candidate, w.dtype)], axis=-1)
 
     def get_config(self):
         return {"max_value": self.max_value}
@@ -80,8 +80,7 @@ def _with_constraint(layer_name, max_singular_value, kwargs):
             f"got recurrent_constraint={kwargs['recurrent_constraint']!r}."
         )
     if not max_singular_value > 0:
-        raise ValueError(f"{layer_name}: max_singular_value must be > 0; "
-                         f"got {max_singular_value}.")
+        raise ValueError(f"{layer_name}: max_singular_value must be > 0; got {max_singular_value}.")
     return {**kwargs, "recurrent_constraint": CandidateSpectralNorm(max_singular_value)}
 
 
@@ -147,8 +146,9 @@ class StableGRU(keras.layers.GRU):
     (2, 5, 8)
     """
 
-    def __init__(self, units, max_singular_value=DEFAULT_MAX_SINGULAR_VALUE, check_values=True,
-                 **kwargs):
+    def __init__(
+        self, units, max_singular_value=DEFAULT_MAX_SINGULAR_VALUE, check_values=True, **kwargs
+    ):
         super().__init__(units, **_with_constraint("StableGRU", max_singular_value, kwargs))
         self.max_singular_value = max_singular_value
         self.check_values = bool(check_values)
@@ -164,8 +164,7 @@ class StableGRU(keras.layers.GRU):
         contracts.check_nonempty(self, sequences, (1,), "at least one time step")
         valid = contracts.finite_examples(sequences)
         contracts.enforce(self, valid, "finite sequences")
-        outputs = super().call(sequences, initial_state=initial_state, mask=mask,
-                               training=training)
+        outputs = super().call(sequences, initial_state=initial_state, mask=mask, training=training)
         if isinstance(outputs, (list, tuple)):
             return type(outputs)(contracts.poison(o, valid) for o in outputs)
         return contracts.poison(outputs, valid)
@@ -176,5 +175,7 @@ class StableGRU(keras.layers.GRU):
         kernel.assign(kernel.constraint(kernel))
 
     def get_config(self):
-        return {**_config(super().get_config(), self.max_singular_value),
-                "check_values": self.check_values}
+        return {
+            **_config(super().get_config(), self.max_singular_value),
+            "check_values": self.check_values,
+        }

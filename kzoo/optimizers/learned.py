@@ -88,7 +88,7 @@ def initial_meta_parameters(units=20, num_layers=2, preprocess=True, seed=0):
         else:
             value = np.zeros(shape)
             if name.startswith("lstm_"):
-                value[units:2 * units] = 1.0
+                value[units : 2 * units] = 1.0
         phi.append(value.astype("float32"))
     return phi
 
@@ -148,7 +148,7 @@ def step(phi, gradient, state, output_scale=1.0, preprocess=True, exponent=10.0)
     x = preprocess_gradients(x, exponent) if preprocess else x[:, None]
     new_state = []
     for layer in range(len(state) // 2):
-        kernel, recurrent, bias = phi[3 * layer:3 * layer + 3]
+        kernel, recurrent, bias = phi[3 * layer : 3 * layer + 3]
         h, c = state[2 * layer], state[2 * layer + 1]
         units = ops.shape(h)[-1]
         h = ops.reshape(h, (-1, units))
@@ -189,19 +189,24 @@ def save_meta_parameters(directory, phi, architecture, metadata, overwrite=False
     `preprocess`, `exponent`, `output_scale`), `optimizer.weights.npz` (phi)
     and `metadata.json` (its sha256, the meta-training command and metrics).
     """
-    check_meta_parameters(phi, architecture["units"], architecture["num_layers"],
-                          architecture["preprocess"])
-    names = [n for n, _ in meta_parameter_shapes(architecture["units"],
-                                                 architecture["num_layers"],
-                                                 architecture["preprocess"])]
+    check_meta_parameters(
+        phi, architecture["units"], architecture["num_layers"], architecture["preprocess"]
+    )
+    names = [
+        n
+        for n, _ in meta_parameter_shapes(
+            architecture["units"], architecture["num_layers"], architecture["preprocess"]
+        )
+    ]
 
     def write(tmp):
         (tmp / presets.CONFIG_FILE).write_text(json.dumps(architecture, indent=2))
         np.savez(tmp / PHI_FILE, **{n: np.asarray(v, "float32") for n, v in zip(names, phi)})
         return PHI_FILE
 
-    return presets.write_preset(directory, write, {"kind": "optimizer", **metadata},
-                                overwrite=overwrite)
+    return presets.write_preset(
+        directory, write, {"kind": "optimizer", **metadata}, overwrite=overwrite
+    )
 
 
 ARCHITECTURE_KEYS = ("units", "num_layers", "preprocess", "exponent", "output_scale")
@@ -215,10 +220,13 @@ def check_architecture(units, num_layers, preprocess, exponent, output_scale):
     if not isinstance(preprocess, (bool, np.bool_)):
         raise ValueError(f"LSTMOptimizer: preprocess must be True or False; got {preprocess!r}.")
     for name, value in (("exponent", exponent), ("output_scale", output_scale)):
-        if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)) \
-                or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"LSTMOptimizer: {name} must be a finite number > 0; "
-                             f"got {value!r}.")
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, (int, float, np.floating))
+            or not math.isfinite(value)
+            or value <= 0
+        ):
+            raise ValueError(f"LSTMOptimizer: {name} must be a finite number > 0; got {value!r}.")
 
 
 def load_meta_parameters(preset):
@@ -245,17 +253,25 @@ def load_meta_parameters(preset):
     except ValueError as e:
         raise presets.PresetError(f"{label}: {e}") from e
     with np.load(directory / PHI_FILE, allow_pickle=False) as arrays:
-        names = [n for n, _ in meta_parameter_shapes(architecture["units"],
-                                                     architecture["num_layers"],
-                                                     architecture["preprocess"])]
+        names = [
+            n
+            for n, _ in meta_parameter_shapes(
+                architecture["units"], architecture["num_layers"], architecture["preprocess"]
+            )
+        ]
         missing = [n for n in names if n not in arrays.files]
         if missing:
             raise presets.PresetError(
                 f"Preset {str(directory)!r} lacks meta-parameters {', '.join(missing)}."
             )
         phi = [arrays[n] for n in names]
-    check_meta_parameters(phi, architecture["units"], architecture["num_layers"],
-                          architecture["preprocess"], source=f"preset {str(directory)!r}")
+    check_meta_parameters(
+        phi,
+        architecture["units"],
+        architecture["num_layers"],
+        architecture["preprocess"],
+        source=f"preset {str(directory)!r}",
+    )
     return phi, architecture
 
 
@@ -303,17 +319,31 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
     True
     """
 
-    def __init__(self, weights=None, units=20, num_layers=2, preprocess=True,
-                 exponent=10.0, output_scale=1.0, learning_rate=1.0, seed=0,
-                 name="lstm_optimizer", **kwargs):
+    def __init__(
+        self,
+        weights=None,
+        units=20,
+        num_layers=2,
+        preprocess=True,
+        exponent=10.0,
+        output_scale=1.0,
+        learning_rate=1.0,
+        seed=0,
+        name="lstm_optimizer",
+        **kwargs,
+    ):
         check_architecture(units, num_layers, preprocess, exponent, output_scale)
         if not callable(learning_rate) and not isinstance(learning_rate, (int, float)):
-            raise ValueError(f"LSTMOptimizer: learning_rate must be a number or a schedule; "
-                             f"got {learning_rate!r}.")
+            raise ValueError(
+                f"LSTMOptimizer: learning_rate must be a number or a schedule; "
+                f"got {learning_rate!r}."
+            )
         if isinstance(learning_rate, (int, float)) and not (
-                math.isfinite(learning_rate) and learning_rate > 0):
-            raise ValueError(f"LSTMOptimizer: learning_rate must be a finite number > 0; "
-                             f"got {learning_rate!r}.")
+            math.isfinite(learning_rate) and learning_rate > 0
+        ):
+            raise ValueError(
+                f"LSTMOptimizer: learning_rate must be a finite number > 0; got {learning_rate!r}."
+            )
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.units, self.num_layers = int(units), int(num_layers)
         self.preprocess, self.exponent = bool(preprocess), float(exponent)
@@ -332,9 +362,13 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
                 "LSTMOptimizer: weights must be None, a preset name or directory, or a list "
                 f"of arrays ordered as in meta_parameter_shapes(); got {type(weights).__name__}."
             )
-        check_meta_parameters(phi, self.units, self.num_layers, self.preprocess,
-                              source=repr(str(weights)) if isinstance(weights, (str, os.PathLike))
-                              else "weights")
+        check_meta_parameters(
+            phi,
+            self.units,
+            self.num_layers,
+            self.preprocess,
+            source=repr(str(weights)) if isinstance(weights, (str, os.PathLike)) else "weights",
+        )
         if not all(np.all(np.isfinite(v)) for v in phi):
             raise ValueError("LSTMOptimizer: the meta-parameters phi have non-finite entries.")
         self._initial_phi = phi
@@ -357,19 +391,28 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
         super().build(var_list)
         shapes = meta_parameter_shapes(self.units, self.num_layers, self.preprocess)
         self.meta_parameters = [
-            self.add_variable(shape, initializer=_constant(value), dtype="float32",
-                              name=f"phi_{n.replace('/', '_')}")
+            self.add_variable(
+                shape,
+                initializer=_constant(value),
+                dtype="float32",
+                name=f"phi_{n.replace('/', '_')}",
+            )
             for (n, shape), value in zip(shapes, self._initial_phi)
         ]
         self.skipped_updates = self.add_variable((), dtype="float32", name="skipped_updates")
         self._states = []
         for variable in var_list:
             prefix = getattr(variable, "path", variable.name).replace("/", "_")
-            self._states.append([
-                self.add_variable((*variable.shape, self.units), dtype="float32",
-                                  name=f"{prefix}_lstm{k // 2}_{'hc'[k % 2]}")
-                for k in range(2 * self.num_layers)
-            ])
+            self._states.append(
+                [
+                    self.add_variable(
+                        (*variable.shape, self.units),
+                        dtype="float32",
+                        name=f"{prefix}_lstm{k // 2}_{'hc'[k % 2]}",
+                    )
+                    for k in range(2 * self.num_layers)
+                ]
+            )
 
     def update_step(self, gradient, variable, learning_rate):
         if tuple(gradient.shape) != tuple(variable.shape):
@@ -384,8 +427,11 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
         gradient = ops.where(ops.isfinite(gradient), gradient, ops.zeros_like(gradient))
         old_state = [ops.convert_to_tensor(s) for s in state_vars]
         update, state = step(
-            [ops.convert_to_tensor(p) for p in self.meta_parameters], gradient, old_state,
-            output_scale=self.output_scale, preprocess=self.preprocess,
+            [ops.convert_to_tensor(p) for p in self.meta_parameters],
+            gradient,
+            old_state,
+            output_scale=self.output_scale,
+            preprocess=self.preprocess,
             exponent=self.exponent,
         )
         for var, new, old in zip(state_vars, state, old_state):
@@ -398,17 +444,22 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
         config = super().get_config()
         # phi itself, as nested lists (float32 round-trips exactly through
         # JSON): a saved model loads without the preset it came from.
-        phi = ([ops.convert_to_numpy(p) for p in self.meta_parameters] if self.built
-               else self._initial_phi)
-        config.update({
-            "weights": [np.asarray(p, "float32").tolist() for p in phi],
-            "units": self.units,
-            "num_layers": self.num_layers,
-            "preprocess": self.preprocess,
-            "exponent": self.exponent,
-            "output_scale": self.output_scale,
-            "seed": self.seed,
-        })
+        phi = (
+            [ops.convert_to_numpy(p) for p in self.meta_parameters]
+            if self.built
+            else self._initial_phi
+        )
+        config.update(
+            {
+                "weights": [np.asarray(p, "float32").tolist() for p in phi],
+                "units": self.units,
+                "num_layers": self.num_layers,
+                "preprocess": self.preprocess,
+                "exponent": self.exponent,
+                "output_scale": self.output_scale,
+                "seed": self.seed,
+            }
+        )
         return config
 
 

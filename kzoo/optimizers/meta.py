@@ -40,7 +40,7 @@ def _unflatten(flat, like):
     out, start = [], 0
     for t in like:
         size = int(np.prod(t.shape))
-        out.append(ops.reshape(flat[start:start + size], t.shape))
+        out.append(ops.reshape(flat[start : start + size], t.shape))
         start += size
     return out
 
@@ -53,8 +53,11 @@ def sample_episode(problem, rng, num_problems, horizon):
     """
     params, constants = problem.sample(rng, num_problems)
     batches = problem.batches(rng, num_problems, horizon + 1)
-    return ([ops.convert_to_tensor(p) for p in params],
-            {k: ops.convert_to_tensor(v) for k, v in constants.items()}, batches)
+    return (
+        [ops.convert_to_tensor(p) for p in params],
+        {k: ops.convert_to_tensor(v) for k, v in constants.items()},
+        batches,
+    )
 
 
 def optimize(optimizer, problem, seed, num_problems, horizon=100):
@@ -76,9 +79,11 @@ def optimize(optimizer, problem, seed, num_problems, horizon=100):
         numpy `(horizon + 1, num_problems)` losses at `theta_0..theta_T`.
     """
     params, constants, batches = sample_episode(
-        problem, np.random.default_rng(seed), num_problems, horizon)
-    step_fn = backend.optimizer_stepper(optimizer, params, lambda p, batch: problem.loss(
-        p, constants, batch))
+        problem, np.random.default_rng(seed), num_problems, horizon
+    )
+    step_fn = backend.optimizer_stepper(
+        optimizer, params, lambda p, batch: problem.loss(p, constants, batch)
+    )
     curves = []
     for t in range(horizon + 1):
         batch = {k: ops.convert_to_tensor(v[t]) for k, v in batches.items()}
@@ -108,14 +113,19 @@ def unroll(phi, params, state, constants, batches, problem, steps, architecture)
     for t in range(steps + 1):
         batch = {k: v[t] for k, v in batches.items()}
         value, grads = backend.value_and_stopped_gradient(
-            lambda p: ops.sum(problem.loss(p, constants, batch)), params)
+            lambda p: ops.sum(problem.loss(p, constants, batch)), params
+        )
         losses.append(problem.loss(params, constants, batch))
         if t == steps:
             break
         update, state = learned.step(
-            phi, _flatten(grads), state,
+            phi,
+            _flatten(grads),
+            state,
             output_scale=architecture["output_scale"],
-            preprocess=architecture["preprocess"], exponent=architecture["exponent"])
+            preprocess=architecture["preprocess"],
+            exponent=architecture["exponent"],
+        )
         params = [p + u for p, u in zip(params, _unflatten(update, params))]
     losses = ops.stack(losses)
     meta_loss = ops.mean(ops.sum(losses[1:], axis=0))
@@ -153,40 +163,49 @@ class MetaTrainer:
 
     def __post_init__(self):
         if self.horizon % self.unroll:
-            raise ValueError(f"MetaTrainer: horizon {self.horizon} is not a multiple of "
-                             f"unroll {self.unroll}.")
+            raise ValueError(
+                f"MetaTrainer: horizon {self.horizon} is not a multiple of unroll {self.unroll}."
+            )
         self.architecture = {
-            "units": self.units, "num_layers": self.num_layers,
-            "preprocess": self.preprocess, "exponent": self.exponent,
+            "units": self.units,
+            "num_layers": self.num_layers,
+            "preprocess": self.preprocess,
+            "exponent": self.exponent,
             "output_scale": self.output_scale,
         }
-        self.phi = [keras.Variable(v, name=n.replace("/", "_"), trainable=True)
-                    for (n, _), v in zip(
-                        learned.meta_parameter_shapes(self.units, self.num_layers,
-                                                      self.preprocess),
-                        learned.initial_meta_parameters(self.units, self.num_layers,
-                                                        self.preprocess, self.seed))]
+        self.phi = [
+            keras.Variable(v, name=n.replace("/", "_"), trainable=True)
+            for (n, _), v in zip(
+                learned.meta_parameter_shapes(self.units, self.num_layers, self.preprocess),
+                learned.initial_meta_parameters(
+                    self.units, self.num_layers, self.preprocess, self.seed
+                ),
+            )
+        ]
         self.meta_optimizer = keras.optimizers.Adam(self.learning_rate)
         self._rng = np.random.default_rng(self.seed)
 
         def objective(phi, params, state, constants, batches):
-            return unroll(phi, params, state, constants, batches, self.problem,
-                          self.unroll, self.architecture)
+            return unroll(
+                phi, params, state, constants, batches, self.problem, self.unroll, self.architecture
+            )
 
         self._train_unroll = backend.compiled_value_and_grad(objective)
         self._eval_unroll = backend.compiled(objective)
 
     def _episode(self, rng, num_problems, horizon=None):
-        params, constants, batches = sample_episode(self.problem, rng, num_problems,
-                                                    horizon or self.horizon)
+        params, constants, batches = sample_episode(
+            self.problem, rng, num_problems, horizon or self.horizon
+        )
         size = sum(int(np.prod(p.shape)) for p in params)
         state = learned.initial_state((size,), self.units, self.num_layers)
         return params, constants, batches, state
 
     def _chunk(self, batches, k):
         start = k * self.unroll
-        return {n: ops.convert_to_tensor(v[start:start + self.unroll + 1])
-                for n, v in batches.items()}
+        return {
+            n: ops.convert_to_tensor(v[start : start + self.unroll + 1]) for n, v in batches.items()
+        }
 
     def train_episode(self):
         """One episode of fresh problems: `horizon / unroll` updates of `phi`.
@@ -198,7 +217,8 @@ class MetaTrainer:
         total = 0.0
         for k in range(self.horizon // self.unroll):
             (meta_loss, (params, state, _)), grads = self._train_unroll(
-                [v.value for v in self.phi], params, state, constants, self._chunk(batches, k))
+                [v.value for v in self.phi], params, state, constants, self._chunk(batches, k)
+            )
             self.meta_optimizer.apply(grads, self.phi)
             total += float(ops.convert_to_numpy(meta_loss))
         return total / self.horizon
@@ -218,12 +238,14 @@ class MetaTrainer:
         """
         horizon = horizon or self.horizon
         params, constants, batches, state = self._episode(
-            np.random.default_rng(seed), num_problems, horizon)
+            np.random.default_rng(seed), num_problems, horizon
+        )
         phi = [ops.convert_to_tensor(v) for v in phi]
         curves = []
         for k in range(horizon // self.unroll):
             _, (params, state, losses) = self._eval_unroll(
-                phi, params, state, constants, self._chunk(batches, k))
+                phi, params, state, constants, self._chunk(batches, k)
+            )
             losses = ops.convert_to_numpy(losses)
             curves.append(losses if k == 0 else losses[1:])
         return np.concatenate(curves)
@@ -269,8 +291,7 @@ class MetaTrainer:
             for key, value in zip(history, (float(np.mean(losses)), final, mean)):
                 history[key].append(value)
             if verbose:
-                print(f"  validation final loss {final:.4f}, mean loss {mean:.4f}",
-                      file=sys.stderr)
+                print(f"  validation final loss {final:.4f}, mean loss {mean:.4f}", file=sys.stderr)
             if writer is not None:
                 with writer.as_default(step=epoch):
                     for key, values in history.items():
@@ -314,8 +335,12 @@ PRESETS = {
         name="lstm_optimizer_quadratic",
         family="quadratic",
         description="LSTM optimizer meta-trained on random 10-d quadratics (no pre/postprocessing)",
-        trainer_args={"preprocess": False, "output_scale": 1.0, "num_problems": 32,
-                      "learning_rate": 3e-3},
+        trainer_args={
+            "preprocess": False,
+            "output_scale": 1.0,
+            "num_problems": 32,
+            "learning_rate": 3e-3,
+        },
         epochs=100,
         episodes_per_epoch=20,
         patience=20,
@@ -325,8 +350,13 @@ PRESETS = {
         family="digits_mlp",
         description="LSTM optimizer meta-trained on 20-unit sigmoid MLPs on the digits "
         "(preprocessing, output scale 0.1)",
-        trainer_args={"preprocess": True, "output_scale": 0.1, "num_problems": 8,
-                      "learning_rate": 1e-3, "validation_problems": 64},
+        trainer_args={
+            "preprocess": True,
+            "output_scale": 0.1,
+            "num_problems": 8,
+            "learning_rate": 1e-3,
+            "validation_problems": 64,
+        },
         epochs=40,
         episodes_per_epoch=20,
         patience=10,
@@ -334,8 +364,7 @@ PRESETS = {
 }
 
 
-def train_preset(name, zoo_dir=None, epochs=None, overwrite=False, seed=0,
-                 log_dir=None, verbose=1):
+def train_preset(name, zoo_dir=None, epochs=None, overwrite=False, seed=0, log_dir=None, verbose=1):
     """Meta-trains a registered learned optimizer and saves it to the zoo.
 
     Args:
@@ -352,20 +381,28 @@ def train_preset(name, zoo_dir=None, epochs=None, overwrite=False, seed=0,
         `(phi, metadata)`.
     """
     if name not in PRESETS:
-        raise ValueError(f"Unknown learned optimizer {name!r}; registered: "
-                         f"{', '.join(sorted(PRESETS))}.")
+        raise ValueError(
+            f"Unknown learned optimizer {name!r}; registered: {', '.join(sorted(PRESETS))}."
+        )
     entry = PRESETS[name]
     target = presets.training_target(name, zoo_dir, overwrite)
     epochs = presets.epochs_or_default(epochs, entry.epochs)
     keras.utils.set_random_seed(seed)
     trainer = MetaTrainer(problems.FAMILIES[entry.family](), seed=seed, **entry.trainer_args)
     start = time.time()
-    history = trainer.fit(epochs=epochs, episodes_per_epoch=entry.episodes_per_epoch,
-                          patience=entry.patience, log_dir=log_dir, verbose=verbose)
+    history = trainer.fit(
+        epochs=epochs,
+        episodes_per_epoch=entry.episodes_per_epoch,
+        patience=entry.patience,
+        log_dir=log_dir,
+        verbose=verbose,
+    )
     seconds = time.time() - start
     test = trainer.run(trainer.best_phi, TEST_SEED, trainer.validation_problems)
-    architecture = {k: trainer.architecture[k] for k in
-                    ("units", "num_layers", "preprocess", "exponent", "output_scale")}
+    architecture = {
+        k: trainer.architecture[k]
+        for k in ("units", "num_layers", "preprocess", "exponent", "output_scale")
+    }
     metadata = {
         "description": entry.description,
         "problem_family": entry.family,
@@ -373,19 +410,25 @@ def train_preset(name, zoo_dir=None, epochs=None, overwrite=False, seed=0,
         f"--epochs {epochs} --seed {seed}",
         "meta_training": {
             **{k: v for k, v in dataclasses.asdict(trainer).items() if k != "problem"},
-            "episodes_per_epoch": entry.episodes_per_epoch, "patience": entry.patience,
-            "epochs_run": len(history["meta_loss"]), "best_epoch": history["best_epoch"],
-            "seconds": round(seconds, 1), "history": history,
+            "episodes_per_epoch": entry.episodes_per_epoch,
+            "patience": entry.patience,
+            "epochs_run": len(history["meta_loss"]),
+            "best_epoch": history["best_epoch"],
+            "seconds": round(seconds, 1),
+            "history": history,
         },
         "metrics": {
             "validation": {"final_loss": min(history["validation_final_loss"])},
-            "test": {"final_loss": float(test[-1].mean()),
-                     "mean_loss": float(test[1:].mean()),
-                     "problems": int(test.shape[1])},
+            "test": {
+                "final_loss": float(test[-1].mean()),
+                "mean_loss": float(test[1:].mean()),
+                "problems": int(test.shape[1]),
+            },
         },
     }
-    metadata = learned.save_meta_parameters(target, trainer.best_phi, architecture, metadata,
-                                            overwrite=overwrite)
+    metadata = learned.save_meta_parameters(
+        target, trainer.best_phi, architecture, metadata, overwrite=overwrite
+    )
     if verbose:
         print(f"Saved learned optimizer {target}", file=sys.stderr)
     return trainer.best_phi, metadata
@@ -400,10 +443,17 @@ def evaluate_preset(name):
     _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE, kind="optimizer")
     phi, architecture = learned.load_meta_parameters(name)
     entry = PRESETS[name]
-    settings = {**entry.trainer_args, **{k: architecture[k] for k in
-                                         ("units", "num_layers", "preprocess", "exponent",
-                                          "output_scale")}}
+    settings = {
+        **entry.trainer_args,
+        **{
+            k: architecture[k]
+            for k in ("units", "num_layers", "preprocess", "exponent", "output_scale")
+        },
+    }
     trainer = MetaTrainer(problems.FAMILIES[entry.family](), **settings)
     test = trainer.run(phi, TEST_SEED, metadata["metrics"]["test"]["problems"])
-    return {"final_loss": float(test[-1].mean()), "mean_loss": float(test[1:].mean()),
-            "problems": int(test.shape[1])}
+    return {
+        "final_loss": float(test[-1].mean()),
+        "mean_loss": float(test[1:].mean()),
+        "problems": int(test.shape[1]),
+    }

@@ -102,8 +102,10 @@ class DigitsMLP(_Digits):
         sizes = [64, *self.hidden, 10]
         params = []
         for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            params += [_gaussian_weight(rng, (num_problems, fan_in, fan_out)),
-                       np.zeros((num_problems, fan_out), "float32")]
+            params += [
+                _gaussian_weight(rng, (num_problems, fan_in, fan_out)),
+                np.zeros((num_problems, fan_out), "float32"),
+            ]
         return params, {}
 
     def loss(self, params, constants, batch):
@@ -134,8 +136,9 @@ class DigitsCNN(_Digits):
     def sample(self, rng, num_problems):
         k, c = num_problems, self.channels
         shapes = [(k, 9 * 1, c), (k, c), (k, 9 * c, c), (k, c), (k, 4 * c, 10), (k, 10)]
-        params = [_gaussian_weight(rng, s) if len(s) == 3 else np.zeros(s, "float32")
-                  for s in shapes]
+        params = [
+            _gaussian_weight(rng, s) if len(s) == 3 else np.zeros(s, "float32") for s in shapes
+        ]
         return params, {}
 
     @staticmethod
@@ -145,11 +148,12 @@ class DigitsCNN(_Digits):
         size = h.shape[2]
         padded = ops.pad(h, [(0, 0), (0, 0), (1, 1), (1, 1), (0, 0)])
         patches = ops.concatenate(
-            [padded[:, :, i:i + size, j:j + size, :] for i in range(3) for j in range(3)],
+            [padded[:, :, i : i + size, j : j + size, :] for i in range(3) for j in range(3)],
             axis=-1,
         )
-        h = ops.sigmoid(ops.einsum("kbhwi,kio->kbhwo", patches, kernel)
-                        + bias[:, None, None, None, :])
+        h = ops.sigmoid(
+            ops.einsum("kbhwi,kio->kbhwo", patches, kernel) + bias[:, None, None, None, :]
+        )
         k, b, _, _, c = h.shape
         h = ops.reshape(h, (k, b, size // 2, 2, size // 2, 2, c))
         return ops.mean(h, axis=(3, 5))

@@ -114,7 +114,9 @@ def main(export_dir, output_file):
                 "outputs": {k: [v.dtype.name, v.shape.as_list()] for k, v in output_specs.items()},
                 "problems": problems,
                 "tensorflow_version": tf.__version__,
-                "device": (tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name,
+                "device": (
+                    tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+                )[0].name,
                 "latency_ms": latency_ms,
             }
         )

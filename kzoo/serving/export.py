@@ -104,6 +104,7 @@ def _write_saved_model(model, path):
         tf.TensorSpec((None,) + shape[1:], dtype, name=name)
         for name, shape, dtype in _signature_specs(model)
     ]
+
     def serve(*args):
         outputs = model(args[0] if len(args) == 1 else list(args), training=False)
         return {
@@ -204,8 +205,9 @@ def write_models_config(base_dir, serving_root="/models"):
     return base_dir / MODELS_CONFIG
 
 
-def export(model, base_dir="saved_models", version=None, name=None, sample_inputs=None,
-           metrics=None):
+def export(
+    model, base_dir="saved_models", version=None, name=None, sample_inputs=None, metrics=None
+):
     """Exports a Keras model for TF Serving.
 
     Writes `base_dir/<name>/serving/<version>/` atomically (a temporary
@@ -250,8 +252,9 @@ def export(model, base_dir="saved_models", version=None, name=None, sample_input
         raise ValueError(f"export: sample_inputs lacks inputs {sorted(missing)}.")
     reference = _run_model(model, sample_inputs)
 
-    if version is not None and (isinstance(version, bool) or int(version) != version
-                                or int(version) < 1):
+    if version is not None and (
+        isinstance(version, bool) or int(version) != version or int(version) < 1
+    ):
         raise ValueError(f"export: version must be an integer >= 1; got {version!r}.")
     serving_dir = Path(base_dir) / name / "serving"
     serving_dir.mkdir(parents=True, exist_ok=True)
@@ -379,8 +382,8 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
         with np.load(out_file) as served_npz:
             served = dict(served_npz)
     with np.load(reference_file) as ref:
-        inputs = {k[len("input/"):]: ref[k] for k in ref.files if k.startswith("input/")}
-        expected = {k[len("output/"):]: ref[k] for k in ref.files if k.startswith("output/")}
+        inputs = {k[len("input/") :]: ref[k] for k in ref.files if k.startswith("input/")}
+        expected = {k[len("output/") :]: ref[k] for k in ref.files if k.startswith("output/")}
 
     problems = list(worker["problems"])
     for name in list(worker["inputs"]) + list(worker["outputs"]):
@@ -392,9 +395,7 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
     diffs = {}
     for label, outputs in references:
         if set(outputs) != set(served):
-            problems.append(
-                f"outputs {sorted(served)} differ from {label}' {sorted(outputs)}"
-            )
+            problems.append(f"outputs {sorted(served)} differ from {label}' {sorted(outputs)}")
             continue
         for key, want in outputs.items():
             got = served[key]
@@ -404,9 +405,7 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
             diff = float(np.max(np.abs(got.astype("float64") - want))) if got.size else 0.0
             diffs[key] = max(diffs.get(key, 0.0), diff)
             if not np.allclose(got, want, atol=atol, rtol=rtol):
-                problems.append(
-                    f"output {key!r} differs from {label} (max abs diff {diff:.3g})"
-                )
+                problems.append(f"output {key!r} differs from {label} (max abs diff {diff:.3g})")
     report = VerifyReport(
         path=str(path),
         inputs=worker["inputs"],
