@@ -174,12 +174,7 @@ def builder_args(name):
     item = zoo.entry(name)
     bound = inspect.signature(item.builder).bind(**item.builder_args)
     bound.apply_defaults()
-    # As recorded in JSON metadata: tuples become lists.
-    return {
-        k: list(v) if isinstance(v, tuple) else v
-        for k, v in bound.arguments.items()
-        if k not in ("weights", "name")
-    }
+    return zoo.preset_args(bound.arguments)
 
 
 def evaluate(model, task_name, split="test", verbose="auto"):

@@ -12,12 +12,14 @@ Input `image` `(batch, H, W, 3)` in [0, 1]; output `segmentation_logits`.
 """
 
 from kzoo.applications.segmentation import logits_segmenter
+from kzoo.applications.zoo import preset_builder
 from kzoo.applications.zoo import register_model
 from kzoo.datasets import texture_scenes
 from kzoo.layers import EMAttention
 from kzoo.layers import HighwayEM
 
 
+@preset_builder()
 def EMANet(
     num_classes=texture_scenes.NUM_CLASSES,
     image_size=texture_scenes.IMAGE_SIZE,
@@ -25,7 +27,6 @@ def EMANet(
     num_bases=16,
     iterations=3,
     stop_gradient=True,
-    weights=None,
     name="emanet",
 ):
     """The FCN with EMANet's EM attention module on its 1/8-resolution features.
@@ -46,18 +47,11 @@ def EMANet(
     >>> EMANet(num_bases=8).output_shape
     (None, 64, 64, 5)
     """
-    args = dict(
-        num_classes=num_classes,
-        image_size=image_size,
-        width=width,
-        num_bases=num_bases,
-        iterations=iterations,
-        stop_gradient=stop_gradient,
-    )
     module = EMAttention(num_bases, iterations, stop_gradient=stop_gradient, name="em_attention")
-    return logits_segmenter("EMANet", args, weights, name, context=module)
+    return logits_segmenter(num_classes, image_size, width, name, context=module)
 
 
+@preset_builder()
 def HEMNet(
     num_classes=texture_scenes.NUM_CLASSES,
     image_size=texture_scenes.IMAGE_SIZE,
@@ -66,7 +60,6 @@ def HEMNet(
     iterations=3,
     gamma=0.5,
     learnable_gamma=True,
-    weights=None,
     name="hemnet",
 ):
     """The FCN with HighwayEM on its 1/8-resolution features (HEMNet).
@@ -87,19 +80,10 @@ def HEMNet(
     >>> HEMNet(num_bases=8, iterations=6).output_shape
     (None, 64, 64, 5)
     """
-    args = dict(
-        num_classes=num_classes,
-        image_size=image_size,
-        width=width,
-        num_bases=num_bases,
-        iterations=iterations,
-        gamma=gamma,
-        learnable_gamma=learnable_gamma,
-    )
     module = HighwayEM(
         num_bases, iterations, gamma=gamma, learnable_gamma=learnable_gamma, name="highway_em"
     )
-    return logits_segmenter("HEMNet", args, weights, name, context=module)
+    return logits_segmenter(num_classes, image_size, width, name, context=module)
 
 
 register_model(

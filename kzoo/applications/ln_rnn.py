@@ -8,7 +8,7 @@
 
 import keras
 
-from kzoo.applications import presets
+from kzoo.applications.zoo import preset_builder
 from kzoo.applications.zoo import register_model
 from kzoo.datasets import stdlib_text
 from kzoo.layers import LayerNormLSTM
@@ -20,26 +20,16 @@ def _recurrent_layer(layer_norm, units, return_sequences):
     return keras.layers.LSTM(units, return_sequences=return_sequences, name="lstm")
 
 
-def _finish(model, weights, builder, builder_args):
-    if weights is not None:
-        presets.load_weights(model, weights, builder=builder, builder_args=builder_args)
-    return model
-
-
-def _classifier(builder, layer_norm, units, sequence_length, features, num_classes, weights, name):
+def _classifier(layer_norm, units, sequence_length, features, num_classes, name):
     inputs = keras.Input((sequence_length, features), name="pixel_rows")
     x = _recurrent_layer(layer_norm, units, return_sequences=False)(inputs)
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="class_probabilities"
     )(x)
-    model = keras.Model(inputs, outputs, name=name)
-    args = dict(
-        units=units, sequence_length=sequence_length, features=features, num_classes=num_classes
-    )
-    return _finish(model, weights, builder, args)
+    return keras.Model(inputs, outputs, name=name)
 
 
-def _char_lm(builder, layer_norm, units, embedding_dim, vocab_size, weights, name):
+def _char_lm(layer_norm, units, embedding_dim, vocab_size, name):
     inputs = keras.Input((None,), dtype="int32", name="char_ids")
     x = keras.layers.Embedding(vocab_size, embedding_dim, name="embedding")(inputs)
     x = _recurrent_layer(layer_norm, units, return_sequences=True)(x)
@@ -49,13 +39,12 @@ def _char_lm(builder, layer_norm, units, embedding_dim, vocab_size, weights, nam
         dtype="float32",
         name="next_char_probabilities",
     )(x)
-    model = keras.Model(inputs, outputs, name=name)
-    args = dict(units=units, embedding_dim=embedding_dim, vocab_size=vocab_size)
-    return _finish(model, weights, builder, args)
+    return keras.Model(inputs, outputs, name=name)
 
 
+@preset_builder()
 def LNLSTMClassifier(
-    units=64, sequence_length=8, features=8, num_classes=10, weights=None, name="lnlstm_classifier"
+    units=64, sequence_length=8, features=8, num_classes=10, name="lnlstm_classifier"
 ):
     """Sequence classifier: one `LayerNormLSTM` and a softmax layer.
 
@@ -75,25 +64,20 @@ def LNLSTMClassifier(
     >>> model = LNLSTMClassifier(units=32)
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     """
-    return _classifier(
-        "LNLSTMClassifier", True, units, sequence_length, features, num_classes, weights, name
-    )
+    return _classifier(True, units, sequence_length, features, num_classes, name)
 
 
-def LSTMClassifier(
-    units=64, sequence_length=8, features=8, num_classes=10, weights=None, name="lstm_classifier"
-):
+@preset_builder()
+def LSTMClassifier(units=64, sequence_length=8, features=8, num_classes=10, name="lstm_classifier"):
     """Plain `keras.layers.LSTM` twin of `LNLSTMClassifier` (same arguments)."""
-    return _classifier(
-        "LSTMClassifier", False, units, sequence_length, features, num_classes, weights, name
-    )
+    return _classifier(False, units, sequence_length, features, num_classes, name)
 
 
+@preset_builder()
 def LNLSTMCharLM(
     units=256,
     embedding_dim=32,
     vocab_size=stdlib_text.VOCAB_SIZE,
-    weights=None,
     name="lnlstm_char_lm",
 ):
     """Character language model: embedding, `LayerNormLSTM`, softmax per step.
@@ -113,18 +97,18 @@ def LNLSTMCharLM(
     >>> model = LNLSTMCharLM(units=64)
     >>> model.compile("adam", "sparse_categorical_crossentropy")
     """
-    return _char_lm("LNLSTMCharLM", True, units, embedding_dim, vocab_size, weights, name)
+    return _char_lm(True, units, embedding_dim, vocab_size, name)
 
 
+@preset_builder()
 def LSTMCharLM(
     units=256,
     embedding_dim=32,
     vocab_size=stdlib_text.VOCAB_SIZE,
-    weights=None,
     name="lstm_char_lm",
 ):
     """Plain `keras.layers.LSTM` twin of `LNLSTMCharLM` (same arguments)."""
-    return _char_lm("LSTMCharLM", False, units, embedding_dim, vocab_size, weights, name)
+    return _char_lm(False, units, embedding_dim, vocab_size, name)
 
 
 register_model(

@@ -15,7 +15,7 @@ layer. Input `patch` `(batch, 32, 32, 1)`; output `class_probabilities`.
 
 import keras
 
-from kzoo.applications import presets
+from kzoo.applications.zoo import preset_builder
 from kzoo.applications.zoo import register_model
 from kzoo.datasets import texture_patches
 from kzoo.layers import LogEig
@@ -35,6 +35,7 @@ def _conv_block(x, filters, name):
     return keras.layers.ReLU(name=f"{name}_relu")(x)
 
 
+@preset_builder()
 def DeepO2P(
     head="o2p",
     num_classes=texture_patches.NUM_CLASSES,
@@ -43,7 +44,6 @@ def DeepO2P(
     projection=16,
     epsilon=1e-3,
     dropout=0.3,
-    weights=None,
     name="deep_o2p",
 ):
     """A small CNN classifier with an O2P (or global-average) pooling head.
@@ -85,19 +85,7 @@ def DeepO2P(
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="class_probabilities"
     )(x)
-    model = keras.Model(inputs, outputs, name=name)
-    if weights is not None:
-        args = dict(
-            head=head,
-            num_classes=num_classes,
-            patch_size=patch_size,
-            filters=list(filters),
-            projection=projection,
-            epsilon=epsilon,
-            dropout=dropout,
-        )
-        presets.load_weights(model, weights, builder="DeepO2P", builder_args=args)
-    return model
+    return keras.Model(inputs, outputs, name=name)
 
 
 register_model(

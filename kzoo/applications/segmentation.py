@@ -16,7 +16,7 @@ Both output `segmentation_logits` `(batch, H, W, num_classes)` (train with
 
 import keras
 
-from kzoo.applications import presets
+from kzoo.applications.zoo import preset_builder
 from kzoo.applications.zoo import register_model
 from kzoo.datasets import texture_scenes
 from kzoo.layers import PixelAffinity
@@ -60,30 +60,19 @@ def _backbone(image, width, num_classes, context=None):
     return early, logits
 
 
-def _finish(model, weights, builder, args, free_args=()):
-    if weights is not None:
-        checked = {k: v for k, v in args.items() if k not in free_args}
-        presets.load_weights(model, weights, builder=builder, builder_args=checked)
-    return model
-
-
-def logits_segmenter(builder, args, weights, name, context=None):
-    """The FCN with an optional `context` layer, output `segmentation_logits`.
-
-    `args` are the builder's arguments (with `num_classes`, `image_size` and
-    `width`); `weights` is loaded and checked against them.
-    """
-    image = keras.Input((args["image_size"], args["image_size"], 3), name="image")
-    _, logits = _backbone(image, args["width"], args["num_classes"], context=context)
+def logits_segmenter(num_classes, image_size, width, name, context=None):
+    """The FCN with an optional `context` layer, output `segmentation_logits`."""
+    image = keras.Input((image_size, image_size, 3), name="image")
+    _, logits = _backbone(image, width, num_classes, context=context)
     outputs = keras.layers.Activation("linear", dtype="float32", name="segmentation_logits")(logits)
-    return _finish(keras.Model(image, outputs, name=name), weights, builder, args)
+    return keras.Model(image, outputs, name=name)
 
 
+@preset_builder()
 def FCN(
     num_classes=texture_scenes.NUM_CLASSES,
     image_size=texture_scenes.IMAGE_SIZE,
     width=16,
-    weights=None,
     name="fcn",
 ):
     """DeepLab-style FCN (output stride 8, dilated convolutions).
@@ -104,10 +93,10 @@ def FCN(
     >>> model.output_shape
     (None, 64, 64, 5)
     """
-    args = dict(num_classes=num_classes, image_size=image_size, width=width)
-    return logits_segmenter("FCN", args, weights, name)
+    return logits_segmenter(num_classes, image_size, width, name)
 
 
+@preset_builder(free_args=WALK_ARGS)
 def RWN(
     num_classes=texture_scenes.NUM_CLASSES,
     image_size=texture_scenes.IMAGE_SIZE,
@@ -117,7 +106,6 @@ def RWN(
     alpha=0.5,
     walk_steps=None,
     walk_implementation="auto",
-    weights=None,
     name="rwn",
 ):
     """Random Walk Network: the FCN, a pixel-affinity branch and a random walk.
@@ -160,18 +148,7 @@ def RWN(
         dtype="float32",
         name="segmentation_logits",
     )([logits, affinities])
-    model = keras.Model(image, {"segmentation_logits": walked, "affinities": affinities}, name=name)
-    args = dict(
-        num_classes=num_classes,
-        image_size=image_size,
-        width=width,
-        walk_mode=walk_mode,
-        walk_radius=walk_radius,
-        alpha=alpha,
-        walk_steps=walk_steps,
-        walk_implementation=walk_implementation,
-    )
-    return _finish(model, weights, "RWN", args, free_args=WALK_ARGS)
+    return keras.Model(image, {"segmentation_logits": walked, "affinities": affinities}, name=name)
 
 
 register_model(

@@ -15,7 +15,7 @@ Input `patch` `(batch, 32, 32, 1)`; output `class_probabilities`.
 
 import keras
 
-from kzoo.applications import presets
+from kzoo.applications.zoo import preset_builder
 from kzoo.applications.zoo import register_model
 from kzoo.datasets import texture_patches
 from kzoo.layers import FilterBasis
@@ -61,6 +61,7 @@ def _block(x, width, name, basis, num_unique, downsample):
     return keras.layers.ReLU(name=f"{name}_out")(x)
 
 
+@preset_builder()
 def SharedBasisResNet(
     shared=True,
     widths=(16, 32, 64),
@@ -70,7 +71,6 @@ def SharedBasisResNet(
     orthogonality=10.0,
     num_classes=texture_patches.NUM_CLASSES,
     patch_size=texture_patches.PATCH_SIZE,
-    weights=None,
     name="shared_basis_resnet",
 ):
     """A small ResNet with one shared filter basis per stage (or its unshared twin).
@@ -122,20 +122,7 @@ def SharedBasisResNet(
     outputs = keras.layers.Dense(
         num_classes, activation="softmax", dtype="float32", name="class_probabilities"
     )(x)
-    model = keras.Model(inputs, outputs, name=name)
-    if weights is not None:
-        args = dict(
-            shared=shared,
-            widths=list(widths),
-            blocks_per_stage=blocks_per_stage,
-            basis_size=basis_size,
-            num_unique=num_unique,
-            orthogonality=orthogonality,
-            num_classes=num_classes,
-            patch_size=patch_size,
-        )
-        presets.load_weights(model, weights, builder="SharedBasisResNet", builder_args=args)
-    return model
+    return keras.Model(inputs, outputs, name=name)
 
 
 register_model(

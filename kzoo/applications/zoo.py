@@ -7,6 +7,7 @@ Registering a model also gives its builder KerasHub's conventions:
 
 import dataclasses
 import fnmatch
+import functools
 import inspect
 
 from kzoo.applications import presets
@@ -40,6 +41,51 @@ class ZooEntry:
 
 
 _REGISTRY = {}
+
+
+def preset_builder(free_args=()):
+    """Declares a builder's preset contract once.
+
+    The decorated function builds the model from its own arguments; the
+    builder it returns also takes `weights` (`None`, a preset name or a
+    preset directory) and loads that preset's weights after checking that it
+    was made by this builder with the same arguments: all of them but `name`
+    and `free_args`, the arguments that do not change the weights (e.g. an
+    RWN's walk, which may differ at inference).
+
+    Args:
+        free_args: names of the arguments a preset may have been made with
+            other values of.
+    """
+
+    def decorate(build):
+        signature = inspect.signature(build)
+
+        @functools.wraps(build)
+        def builder(*args, weights=None, **kwargs):
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            model = build(*bound.args, **bound.kwargs)
+            if weights is not None:
+                checked = {
+                    k: v for k, v in preset_args(bound.arguments).items() if k not in free_args
+                }
+                presets.load_weights(model, weights, builder=build.__name__, builder_args=checked)
+            return model
+
+        builder.free_args = tuple(free_args)
+        return builder
+
+    return decorate
+
+
+def preset_args(arguments):
+    """Builder arguments as a preset records them: JSON-like, without `name`."""
+    return {
+        k: list(v) if isinstance(v, tuple) else v
+        for k, v in arguments.items()
+        if k not in ("name", "weights")
+    }
 
 
 def register_model(
