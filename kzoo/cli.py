@@ -82,8 +82,13 @@ def _recorded(presets, name):
         test = metadata["metrics"]["test"]
     except (OSError, ValueError, KeyError):
         return "?", "?"
-    metric = next((k for k in (*_HEADLINE_METRICS, "final_loss") if k in test), None)
-    value = f"{metric} {_fmt(test[metric])}" if metric else "-"
+    if "task" in metadata:
+        from kzoo import training
+
+        metric = training.TASKS[metadata["task"]].headline_metric(test)
+    else:  # a learned optimizer
+        metric = "final_loss"
+    value = f"{metric} {_fmt(test[metric])}" if metric in test else "-"
     return value, f"{metadata['parameter_count']:,}" if "parameter_count" in metadata else "-"
 
 
@@ -223,9 +228,6 @@ def cmd_train(args):
     )
 
 
-_HEADLINE_METRICS = ("bits_per_char", "mean_iou", "segmentation_logits_mean_iou", "accuracy")
-
-
 def _evaluate(names):
     from kzoo import training
     from kzoo.applications import presets
@@ -240,7 +242,7 @@ def _evaluate(names):
         recorded = metadata["metrics"]["test"]
         match = abs(results["loss"] - recorded["loss"]) <= 1e-3 * max(1.0, recorded["loss"])
         ok &= match
-        metric = next(k for k in _HEADLINE_METRICS if k in results)
+        metric = training.TASKS[zoo.entry(name).task].headline_metric(results)
         rows.append(
             [
                 name,

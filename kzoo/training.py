@@ -42,6 +42,11 @@ class Task:
         augment: train on randomly flipped and shifted images and masks.
         fine_tune_learning_rate: Adam learning rate for models that start from
             another preset (`init_from`); default `learning_rate`.
+        headline: the metrics that sum a model up (`kzoo list`, `kzoo
+            evaluate`), in order of preference; the first one present in the
+            results is shown.
+        derived: `derived(results)` returns metrics computed from the
+            evaluated ones (e.g. bits per character from the loss).
     """
 
     name: str
@@ -55,6 +60,12 @@ class Task:
     clipnorm: float = None
     augment: bool = False
     fine_tune_learning_rate: float = None
+    headline: tuple = ("accuracy",)
+    derived: object = None
+
+    def headline_metric(self, results):
+        """The name of this task's headline metric among `results`' keys."""
+        return next(k for k in (*self.headline, "loss") if k in results)
 
     def optimizer(self, fine_tune=False):
         rate = self.fine_tune_learning_rate if fine_tune else None
@@ -141,6 +152,8 @@ TASKS = {
         epochs=3,
         batch_size=64,
         clipnorm=1.0,
+        headline=("bits_per_char",),
+        derived=lambda results: {"bits_per_char": results["loss"] / math.log(2.0)},
     ),
     "texture_patches": Task(
         name="texture_patches",
@@ -165,6 +178,7 @@ TASKS = {
         batch_size=16,
         augment=True,
         fine_tune_learning_rate=2e-4,
+        headline=("mean_iou", "segmentation_logits_mean_iou"),
     ),
 }
 
@@ -180,7 +194,7 @@ def builder_args(name):
 def evaluate(model, task_name, split="test", verbose="auto"):
     """Scores `model` on a task split; returns a dict of metrics.
 
-    For language models the loss in bits per character is added.
+    The task's derived metrics (e.g. bits per character) are added.
     """
     task = TASKS[task_name]
     x, y = task.load(split)
@@ -190,8 +204,8 @@ def evaluate(model, task_name, split="test", verbose="auto"):
         x, task.targets(model, y), batch_size=task.batch_size, verbose=verbose, return_dict=True
     )
     results = {k: float(v) for k, v in results.items()}
-    if task_name == "stdlib_chars":
-        results["bits_per_char"] = results["loss"] / math.log(2.0)
+    if task.derived is not None:
+        results.update(task.derived(results))
     results["examples"] = int(len(x))
     return results
 
