@@ -143,7 +143,9 @@ def cmd_info(args):
     path = presets.resolve(args.name)
     metadata = json.loads((path / presets.METADATA_FILE).read_text())
     kind = metadata.get("kind", "model")
-    weights = "optimizer.weights.npz" if kind == "optimizer" else presets.WEIGHTS_FILE
+    from kzoo.optimizers import learned
+
+    weights = learned.PHI_FILE if kind == "optimizer" else presets.WEIGHTS_FILE
     presets.read_metadata(args.name, weights_file=weights, kind=kind)  # verifies every file
     print(f"{args.name}  ({kind}, {path})")
     print(f"  {metadata.get('description', '')}")

@@ -305,10 +305,7 @@ class HighwayEM(_EMModule):
         temperature: E-step softmax temperature.
         momentum: running-mean momentum of the initial bases.
 
-    Contract: features `(batch, H, W, C)`, C fixed at build. A non-finite
-    example gives non-finite outputs (it propagates) and never enters the
-    running bases (`running_bases`) or the batch-norm statistics
-    (`FiniteBatchNormalization`).
+    Contract: as `EMAttention`'s.
 
     Example:
 

@@ -611,6 +611,11 @@ class _LayerNormRNN(keras.layers.RNN):
         super().__init__(cell, **kwargs)
         self.input_spec = keras.layers.InputSpec(ndim=3)
 
+    def build(self, sequences_shape, initial_state_shape=None):
+        super().build(sequences_shape, initial_state_shape)
+        # Checked by this layer, so the error names it rather than its cell.
+        self.input_spec = keras.InputSpec(ndim=3, axes={-1: sequences_shape[-1]})
+
     def call(self, sequences, initial_state=None, mask=None, training=False):
         contracts.check_nonempty(self, sequences, (1,), "at least one time step")
         return super().call(sequences, initial_state=initial_state, mask=mask, training=training)

@@ -67,7 +67,7 @@ def valid_symmetric(matrix):
     return finite & (asymmetry <= 100.0 * eps**0.5 * _floor(scale, 1e-30))
 
 
-def _guarded(matrix, fn, extra_valid=None):
+def _guarded(matrix, fn):
     """`fn(matrix)` for finite symmetric matrices, NaN for the others.
 
     Invalid matrices are replaced by the identity before `fn` (so no
@@ -75,8 +75,6 @@ def _guarded(matrix, fn, extra_valid=None):
     results by NaN: a wrong input never yields a plausible finite answer.
     """
     valid = valid_symmetric(matrix)
-    if extra_valid is not None:
-        valid = valid & extra_valid(matrix)
     mask = valid[..., None, None]
     identity = ops.eye(matrix.shape[-1], dtype=matrix.dtype)
     outputs = fn(ops.where(mask, matrix, identity))
@@ -614,8 +612,7 @@ class UpperTriangle(keras.layers.Layer):
         _check_square_batch(self, input_shape)
 
     def call(self, inputs):
-        if not keras.backend.is_float_dtype(inputs.dtype):
-            inputs = ops.cast(inputs, self.compute_dtype)
+        inputs = contracts.float_inputs(self, inputs)
         # An asymmetric matrix, or a NaN below the diagonal, would be dropped silently.
         return contracts.checked(
             self,

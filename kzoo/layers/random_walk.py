@@ -535,13 +535,7 @@ class RandomWalk(keras.layers.Layer):
                 f"{self.name}: RandomWalk expects potentials (batch, H, W, K) and "
                 f"affinities (batch, H, W, P), got {f_shape} and {a_shape}."
             )
-        for axis in (1, 2):
-            if None not in (f_shape[axis], a_shape[axis]) and f_shape[axis] != a_shape[axis]:
-                raise ValueError(
-                    f"{self.name}: potentials and affinities must have the same "
-                    f"height and width (upsample the potentials to the affinity "
-                    f"resolution first), got {f_shape} and {a_shape}."
-                )
+        self._check_same_size(f_shape, a_shape)
         if a_shape[-1] is None or radius_for_neighbours(a_shape[-1]) is None:
             raise ValueError(
                 f"{self.name}: the affinities' last axis must be the number of "
@@ -552,19 +546,21 @@ class RandomWalk(keras.layers.Layer):
             keras.InputSpec(ndim=4, axes={-1: a_shape[-1]}),
         ]
 
+    def _check_same_size(self, f_shape, a_shape):
+        # At build and at every call: the build-time shapes may have been None.
+        for axis in (1, 2):
+            if None not in (f_shape[axis], a_shape[axis]) and f_shape[axis] != a_shape[axis]:
+                raise ValueError(
+                    f"{self.name}: potentials and affinities must have the same "
+                    f"height and width (upsample the potentials to the affinity "
+                    f"resolution first), got {tuple(f_shape)} and {tuple(a_shape)}."
+                )
+
     def call(self, inputs):
         potentials, affinities = inputs
         contracts.check_nonempty(self, potentials, (1, 2), "at least one pixel")
-        if None not in (*potentials.shape[1:3], *affinities.shape[1:3]) and tuple(
-            potentials.shape[1:3]
-        ) != tuple(affinities.shape[1:3]):
-            raise ValueError(
-                f"Layer {self.name!r} (RandomWalk): potentials and affinities must have the "
-                f"same height and width; got {tuple(potentials.shape)} and "
-                f"{tuple(affinities.shape)}."
-            )
-        if not keras.backend.is_float_dtype(potentials.dtype):
-            potentials = ops.cast(potentials, self.compute_dtype)
+        self._check_same_size(potentials.shape, affinities.shape)
+        potentials = contracts.float_inputs(self, potentials)
         affinities = ops.cast(affinities, potentials.dtype)
         # A transition matrix needs finite, non-negative affinities; a negative
         # one would make rows that sum to 1 with negative "probabilities".
