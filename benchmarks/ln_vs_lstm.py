@@ -23,7 +23,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from kzoo import applications  # noqa: E402
-from kzoo import training  # noqa: E402
+from kzoo.zoo.tasks import TASKS  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETUPS = {
@@ -34,7 +34,7 @@ SETUPS = {
 
 
 def run(model_name, task_name, steps, every, val_examples, seed):
-    task = training.TASKS[task_name]
+    task = TASKS[task_name]
     x, y = task.load("train")
     x_val, y_val = task.load("validation")
     if val_examples:

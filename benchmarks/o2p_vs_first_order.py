@@ -20,8 +20,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kzoo import training
 from kzoo.applications import DeepO2P
+from kzoo.zoo.tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TRUNKS = {"zoo": {}, "small": {"filters": (8, 16), "projection": 8}}
@@ -29,7 +29,7 @@ HEADS = ("o2p", "first_order")
 
 
 def run(head, trunk, seed, epochs):
-    task = training.TASKS["texture_patches"]
+    task = TASKS["texture_patches"]
     x, y = task.load("train")
     x_val, y_val = task.load("validation")
     x_test, y_test = task.load("test")

@@ -30,10 +30,10 @@ import numpy as np
 from keras import ops
 
 from kzoo import backend
-from kzoo import training
 from kzoo.applications import SharedBasisResNet
 from kzoo.layers import FilterBasis
 from kzoo.layers import shared_basis
+from kzoo.zoo.tasks import TASKS
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VARIANTS = {
@@ -90,7 +90,7 @@ def _bases(model):
 
 
 def run(variant, seed, epochs):
-    task = training.TASKS["texture_patches"]
+    task = TASKS["texture_patches"]
     x, y = task.load("train")
     x_val, y_val = task.load("validation")
     x_test, y_test = task.load("test")

@@ -1,4 +1,4 @@
-"""The `kzoo` command: list, train, evaluate, export and verify zoo models.
+"""The `kzoo` command: list, train, evaluate, export and verify the zoo.
 
     kzoo list
     kzoo info NAME
@@ -8,10 +8,13 @@
     kzoo evaluate NAME... | --all
     kzoo export NAME... | --all [--base-dir DIR] [--version V]
     kzoo verify PATH...
-    kzoo demo [--base-dir DIR]     # evaluate, export and verify every pretrained model
+    kzoo demo [--base-dir DIR]     # evaluate every preset, export and verify the models
 
+NAME is any zoo entry, a model or a learned optimizer (`kzoo.zoo.registry`):
+the commands call the entry's kind hooks and never branch on the kind.
 `--backend` (before the command) selects the Keras backend; the default is
-`$KERAS_BACKEND` or TensorFlow. The command only calls the library.
+`$KERAS_BACKEND` or TensorFlow. Nothing imports a deep-learning framework
+until a command needs one, so `--help`, `list` and `info` answer at once.
 """
 
 import argparse
@@ -36,32 +39,27 @@ def _fmt(value):
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
-def _check_names(names, optimizers=True):
-    """Raises `ValueError` naming every valid name if one of `names` is unknown."""
-    from kzoo.applications import zoo
-    from kzoo.optimizers import meta
+def _entries(args, exportable=False):
+    """The entries named on the command line (every valid name is listed if
+    one is unknown), or with `--all` every pretrained one (only the exportable
+    kinds if `exportable`)."""
+    from kzoo.zoo import registry
 
-    models, learned = zoo.list_models(), sorted(meta.PRESETS) if optimizers else []
-    unknown = [n for n in names if n not in models and n not in learned]
-    if unknown:
-        raise ValueError(
-            f"unknown name {', '.join(map(repr, unknown))}; models: {', '.join(models)}"
-            + (f"; learned optimizers: {', '.join(learned)}" if learned else "")
-            + "."
-        )
-    return names
-
-
-def _names(args, zoo, presets):
     if getattr(args, "all", False):
-        return [n for n in zoo.list_models() if n in presets.available_presets()]
+        return [
+            registry.entry(n)
+            for n in registry.list_entries(pretrained=True)
+            if not exportable or registry.KINDS[registry.entry(n).kind].exportable
+        ]
     if not args.names:
-        raise SystemExit("give model names or --all")
-    return _check_names(args.names, optimizers=args.command == "evaluate")
+        raise SystemExit(f"kzoo {args.command}: error: give zoo names (kzoo list) or --all")
+    return [registry.entry(n) for n in args.names]
 
 
-def _where(presets, name):
+def _where(name):
     """Where the preset `name` is loaded from, and what it shadows."""
+    from kzoo.zoo import presets
+
     found = presets.locations(name)
     if not found:
         return "-"
@@ -72,53 +70,39 @@ def _where(presets, name):
     return text
 
 
-def _recorded(presets, name):
-    """`(headline test metric, parameter count)` of a preset's metadata, or blanks."""
-    found = presets.locations(name)
+def _recorded(item):
+    """`(headline test metric, parameter count)` of an entry's preset, or blanks."""
+    from kzoo.zoo import presets
+    from kzoo.zoo.tasks import TASKS
+
+    found = presets.locations(item.name)
     if not found:
         return "-", "-"
     try:
         metadata = json.loads((found[0][0] / presets.METADATA_FILE).read_text())
         test = metadata["metrics"]["test"]
-    except (OSError, ValueError, KeyError):
+        metric = TASKS[item.task].headline_metric(test)
+    except (OSError, ValueError, KeyError, StopIteration):
         return "?", "?"
-    if "task" in metadata:
-        from kzoo import training
-
-        metric = training.TASKS[metadata["task"]].headline_metric(test)
-    else:  # a learned optimizer
-        metric = "final_loss"
-    value = f"{metric} {_fmt(test[metric])}" if metric in test else "-"
-    return value, f"{metadata['parameter_count']:,}" if "parameter_count" in metadata else "-"
+    count = metadata.get("parameter_count")
+    return f"{metric} {_fmt(test[metric])}", f"{count:,}" if count else "-"
 
 
 def cmd_list(args):
-    from kzoo.applications import presets
-    from kzoo.applications import zoo
+    from kzoo.zoo import presets
+    from kzoo.zoo import registry
 
     rows = []
-    for name in zoo.list_models():
-        item = zoo.entry(name)
+    for name in registry.list_entries():
+        item = registry.entry(name)
         rows.append(
             [
                 name,
-                item.builder.__name__,
+                item.kind,
+                item.builder_name,
                 item.task,
-                *_recorded(presets, name),
-                _where(presets, name),
-                item.description,
-            ]
-        )
-    from kzoo.optimizers import meta
-
-    for name, item in sorted(meta.PRESETS.items()):
-        rows.append(
-            [
-                name,
-                "LSTMOptimizer",
-                f"meta: {item.family}",
-                *_recorded(presets, name),
-                _where(presets, name),
+                *_recorded(item),
+                _where(name),
                 item.description,
             ]
         )
@@ -126,6 +110,7 @@ def cmd_list(args):
         rows,
         [
             "name",
+            "kind",
             "builder",
             "task",
             "test metric",
@@ -138,31 +123,27 @@ def cmd_list(args):
 
 
 def cmd_info(args):
-    from kzoo.applications import presets
+    from kzoo.zoo import presets
 
-    path = presets.resolve(args.name)
-    metadata = json.loads((path / presets.METADATA_FILE).read_text())
-    kind = metadata.get("kind", "model")
-    from kzoo.optimizers import learned
-
-    weights = learned.PHI_FILE if kind == "optimizer" else presets.WEIGHTS_FILE
-    presets.read_metadata(args.name, weights_file=weights, kind=kind)  # verifies every file
-    print(f"{args.name}  ({kind}, {path})")
+    path, metadata = presets.read_metadata(args.name, kind=None)  # verifies every file
+    print(f"{args.name}  ({metadata.get('kind', 'model')}, {path})")
     print(f"  {metadata.get('description', '')}")
-    for key in ("builder", "task", "family", "dataset", "training_command", "initialized_from"):
+    for key in ("builder", "task", "dataset", "training_command", "initialized_from"):
         if metadata.get(key):
             print(f"  {key}: {metadata[key]}")
     if metadata.get("builder_args"):
         print(f"  builder_args: {json.dumps(metadata['builder_args'])}")
     if "parameter_count" in metadata:
         print(f"  parameters: {metadata['parameter_count']:,}")
-    if kind == "model":
-        config = json.loads((path / presets.CONFIG_FILE).read_text())["config"]
-        for layer in config.get("layers", []):
+    config = json.loads((path / presets.CONFIG_FILE).read_text())
+    if "layers" in config.get("config", {}):  # a functional Keras model
+        for layer in config["config"]["layers"]:
             if layer["class_name"] == "InputLayer":
                 spec = layer["config"]
                 print(f"  input {spec['name']}: {spec['dtype']} {spec['batch_shape']}")
-        print(f"  outputs: {', '.join(o[0] for o in _output_names(config))}")
+        print(f"  outputs: {', '.join(o[0] for o in _output_names(config['config']))}")
+    else:
+        print(f"  architecture: {json.dumps(config)}")
     for split, values in metadata.get("metrics", {}).items():
         shown = ", ".join(f"{k} {_fmt(v)}" for k, v in values.items())
         print(f"  {split}: {shown}")
@@ -182,151 +163,84 @@ def _output_names(config):
 
 
 def cmd_train(args):
-    from kzoo import training
-    from kzoo.optimizers import meta
+    from kzoo.zoo import presets
+    from kzoo.zoo import registry
 
-    _check_names([args.name])
-    if args.name in meta.PRESETS:  # a learned optimizer: meta-train it
-        if args.distribute:
-            raise SystemExit(
-                "kzoo train: error: --distribute applies to zoo models; "
-                "meta-training runs on one device."
-            )
-        _, metadata = meta.train_preset(
-            args.name,
-            zoo_dir=args.zoo,
-            epochs=args.epochs,
-            overwrite=args.overwrite,
-            seed=args.seed,
-            log_dir=args.log_dir,
-        )
-    else:
-        if args.virtual_cpus:
-            from kzoo import backend
+    registry.entry(args.name)  # an unknown name fails before anything is imported
+    if args.virtual_cpus:
+        from kzoo import backend
 
-            backend.use_virtual_cpu_devices(args.virtual_cpus)
-        _, metadata = training.train(
-            args.name,
-            zoo_dir=args.zoo,
-            epochs=args.epochs,
-            overwrite=args.overwrite,
-            seed=args.seed,
-            distribute=args.distribute == "data-parallel",
-        )
+        backend.use_virtual_cpu_devices(args.virtual_cpus)
+    _, metadata = registry.train(
+        args.name,
+        zoo_dir=args.zoo,
+        epochs=args.epochs,
+        overwrite=args.overwrite,
+        seed=args.seed,
+        log_dir=args.log_dir,
+        distribute=args.distribute == "data-parallel",
+    )
     test = metadata["metrics"]["test"]
-    from kzoo.applications import presets
-
     _table([[args.name, *(_fmt(v) for v in test.values())]], ["name", *(f"test {k}" for k in test)])
     target = presets.training_target(args.name, args.zoo, overwrite=True)
+    found = presets.locations(args.name)
+    shadows = len(found) > 1 and found[0][0] == target
     print(
         f"\nWrote {target}; `kzoo evaluate {args.name}` now loads it"
-        + (
-            " (it shadows the shipped preset)"
-            if len(presets.locations(args.name)) > 1
-            and presets.locations(args.name)[0][0] == target
-            else ""
-        )
+        + (" (it shadows the shipped preset)" if shadows else "")
         + "."
     )
 
 
-def _evaluate(names):
-    from kzoo import training
-    from kzoo.applications import presets
-    from kzoo.applications import zoo
+def _evaluate(entries):
+    """Re-scores each entry's preset and compares with its recorded test score."""
+    from kzoo.zoo import presets
+    from kzoo.zoo import registry
+    from kzoo.zoo.tasks import TASKS
 
     rows, ok = [], True
-    for name in names:
-        print(f"evaluating {name} on its test split", file=sys.stderr)
-        model = zoo.get(name, weights="pretrained")
-        _, metadata = presets.read_metadata(name)
-        results = training.evaluate(model, zoo.entry(name).task)
-        recorded = metadata["metrics"]["test"]
-        match = abs(results["loss"] - recorded["loss"]) <= 1e-3 * max(1.0, recorded["loss"])
+    for number, item in enumerate(entries, 1):
+        print(
+            f"[{number}/{len(entries)}] evaluating {item.name} on its test split", file=sys.stderr
+        )
+        _, metadata = presets.read_metadata(item.name, kind=item.kind)
+        results = registry.evaluate(item.name)
+        key = registry.KINDS[item.kind].score
+        recorded = metadata["metrics"]["test"][key]
+        match = abs(results[key] - recorded) <= 1e-3 * max(1.0, abs(recorded))
         ok &= match
-        metric = training.TASKS[zoo.entry(name).task].headline_metric(results)
+        metric = TASKS[item.task].headline_metric(results)
         rows.append(
             [
-                name,
+                item.name,
+                item.kind,
                 metric,
                 _fmt(results[metric]),
-                _fmt(results["loss"]),
-                _fmt(recorded["loss"]),
-                "yes" if match else "NO",
-            ]
-        )
-    _table(rows, ["name", "metric", "test value", "test loss", "recorded loss", "matches"])
-    return ok
-
-
-def _evaluate_optimizers(names):
-    from kzoo.applications import presets
-    from kzoo.optimizers import learned
-    from kzoo.optimizers import meta
-
-    rows, ok = [], True
-    for name in names:
-        _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE, kind="optimizer")
-        recorded = metadata["metrics"]["test"]["final_loss"]
-        print(
-            f"evaluating {name} on {metadata['metrics']['test']['problems']} held-out problems",
-            file=sys.stderr,
-        )
-        results = meta.evaluate_preset(name)
-        match = abs(results["final_loss"] - recorded) <= 1e-3 * max(1.0, recorded)
-        ok &= match
-        rows.append(
-            [
-                name,
-                meta.PRESETS[name].family,
-                results["problems"],
-                _fmt(results["final_loss"]),
+                f"{key} {_fmt(results[key])}",
                 _fmt(recorded),
                 "yes" if match else "NO",
             ]
         )
-    _table(
-        rows,
-        ["learned optimizer", "problems", "test problems", "final loss", "recorded", "matches"],
-    )
+    _table(rows, ["name", "kind", "metric", "test value", "checked", "recorded", "matches"])
     return ok
 
 
 def cmd_evaluate(args):
-    from kzoo.applications import presets
-    from kzoo.applications import zoo
-    from kzoo.optimizers import meta
-
-    names = _names(args, zoo, presets)
-    learned = [n for n in names if n in meta.PRESETS]
-    if args.all:
-        learned = [n for n in sorted(meta.PRESETS) if n in presets.available_presets()]
-    models = [n for n in names if n not in meta.PRESETS]
-    ok = _evaluate(models) if models else True
-    ok &= _evaluate_optimizers(learned) if learned else True
-    if not ok:
+    if not _evaluate(_entries(args)):
         raise SystemExit("evaluation differs from the metrics recorded in the zoo")
 
 
-def _export(names, base_dir, version=None):
-    from kzoo import serving
-    from kzoo import training
-    from kzoo.applications import zoo
-
+def _export(entries, base_dir, version=None):
     paths = []
-    for name in names:
-        model = zoo.get(name, weights="pretrained")
-        inputs = {model.inputs[0].name: training.sample_inputs(name)}
-        paths.append(serving.export(model, base_dir, version=version, sample_inputs=inputs))
-        print(f"exported {name} -> {paths[-1]}", file=sys.stderr)
+    for number, item in enumerate(entries, 1):
+        print(f"[{number}/{len(entries)}] exporting {item.name}", file=sys.stderr)
+        paths.append(item.hooks().export(item, base_dir, version=version))
+        print(f"  -> {paths[-1]}", file=sys.stderr)
     return paths
 
 
 def cmd_export(args):
-    from kzoo.applications import presets
-    from kzoo.applications import zoo
-
-    paths = _export(_names(args, zoo, presets), args.base_dir, args.version)
+    paths = _export(_entries(args, exportable=True), args.base_dir, args.version)
     _table([[str(p)] for p in paths], ["export"])
 
 
@@ -334,8 +248,8 @@ def _verify(paths, debug=False):
     from kzoo import serving
 
     rows, ok = [], True
-    for path in paths:
-        print(f"verifying {path}", file=sys.stderr)
+    for number, path in enumerate(paths, 1):
+        print(f"[{number}/{len(paths)}] verifying {path}", file=sys.stderr)
         try:
             report = serving.verify(path)
             diff = max(report.max_abs_diff.values(), default=0.0)
@@ -377,20 +291,15 @@ def cmd_verify(args):
 
 
 def cmd_demo(args):
-    from kzoo.applications import presets
-    from kzoo.applications import zoo
+    from kzoo.zoo import registry
 
-    names = [n for n in zoo.list_models() if n in presets.available_presets()]
-    if not names:
-        raise SystemExit("the zoo holds no pretrained model")
-    print(f"Evaluating {len(names)} pretrained zoo models on held-out data", file=sys.stderr)
-    evaluated = _evaluate(names)
-    from kzoo.optimizers import meta
-
-    learned = [n for n in sorted(meta.PRESETS) if n in presets.available_presets()]
-    print(f"\nEvaluating {len(learned)} learned optimizers on held-out problems", file=sys.stderr)
-    evaluated &= _evaluate_optimizers(learned)
-    paths = _export(names, args.base_dir)
+    entries = [registry.entry(n) for n in registry.list_entries(pretrained=True)]
+    if not entries:
+        raise SystemExit("the zoo holds no preset")
+    print(f"Evaluating {len(entries)} zoo presets on held-out data", file=sys.stderr)
+    evaluated = _evaluate(entries)
+    exportable = [e for e in entries if registry.KINDS[e.kind].exportable]
+    paths = _export(exportable, args.base_dir)
     verified = _verify(paths, args.debug)
     print(f"\nTF Serving config: {os.path.join(args.base_dir, 'models.config')}")
     if not (evaluated and verified):
@@ -430,7 +339,9 @@ def build_parser():
     p.add_argument("name", help="a zoo name (kzoo list) or a preset directory path")
     p.set_defaults(func=cmd_info)
 
-    p = sub.add_parser("train", help="train a model and store it in the zoo")
+    p = sub.add_parser(
+        "train", help="train a model (or meta-train a learned optimizer) into the user zoo"
+    )
     p.add_argument("name", help="a registered model or learned optimizer (kzoo list)")
     p.add_argument(
         "--epochs", type=_positive_int, help="number of epochs, >= 1 (default: the task's)"
@@ -442,7 +353,7 @@ def build_parser():
         "$KZOO_ZOO or ~/.kzoo/zoo, which name lookups search first)",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing preset")
-    p.add_argument("--log-dir", help="TensorBoard directory (learned optimizers)")
+    p.add_argument("--log-dir", help="TensorBoard log directory")
     p.add_argument(
         "--distribute",
         choices=["data-parallel"],
@@ -457,12 +368,21 @@ def build_parser():
     p.set_defaults(func=cmd_train)
 
     for command, func, help_text in (
-        ("evaluate", cmd_evaluate, "evaluate pretrained models on their test split"),
+        (
+            "evaluate",
+            cmd_evaluate,
+            "re-score zoo presets on their test split and compare with the recorded metrics",
+        ),
         ("export", cmd_export, "export pretrained models for TF Serving"),
     ):
         p = sub.add_parser(command, help=help_text)
         p.add_argument("names", nargs="*", help="zoo names (kzoo list)")
-        p.add_argument("--all", action="store_true", help="every pretrained model")
+        p.add_argument(
+            "--all",
+            action="store_true",
+            help="every preset in the zoo"
+            + (" that exports (models)" if command == "export" else ""),
+        )
         if command == "export":
             p.add_argument(
                 "--base-dir",
@@ -480,7 +400,7 @@ def build_parser():
     p.add_argument("paths", nargs="+", help="export version directories")
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("demo", help="evaluate, export and verify every pretrained model")
+    p = sub.add_parser("demo", help="evaluate every zoo preset, export and verify every model")
     p.add_argument(
         "--base-dir", default="saved_models", help="serving base directory (default: saved_models)"
     )

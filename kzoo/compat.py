@@ -13,14 +13,25 @@ moves or changes one of them. Nothing else in kzoo imports `keras.src`.
 - `flatten_layers(model)`: every layer of a model, nested ones included
   (`Layer._flatten_layers`), to find the batch-normalization layers to
   synchronize under `tf.distribute`.
+- `TestCase`: Keras' own layer-test harness (`run_layer_test`: build,
+  shapes, serialization, training, mixed precision), which kzoo's tests run
+  every layer through. Imported on first use: the library never needs it.
 """
 
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras.src.saving.serialization_lib import ObjectSharingScope
 
-__all__ = ["DropoutRNNCell", "ObjectSharingScope", "flatten_layers"]
+__all__ = ["DropoutRNNCell", "ObjectSharingScope", "flatten_layers"]  # and TestCase, lazily
 
 
 def flatten_layers(model):
     """Every layer of `model`, itself and nested layers included."""
     return list(model._flatten_layers(include_self=True, recursive=True))
+
+
+def __getattr__(name):
+    if name == "TestCase":
+        from keras.src.testing import TestCase
+
+        return TestCase
+    raise AttributeError(f"module 'kzoo.compat' has no attribute {name!r}")

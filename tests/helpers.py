@@ -92,12 +92,12 @@ def np_ln_simple_rnn(x, w, eps):
 def assert_texture_patch_preset_reproduces(name):
     """A texture-patches zoo preset scores its recorded test metrics."""
     from kzoo import applications
-    from kzoo import training
-    from kzoo.applications import presets
     from kzoo.datasets import texture_patches
+    from kzoo.zoo import models
+    from kzoo.zoo import presets
 
     model = applications.get(name, weights="pretrained")
-    results = training.evaluate(model, "texture_patches", verbose=0)
+    results = models.score(model, "texture_patches", verbose=0)
     recorded = presets.read_metadata(name)[1]["metrics"]["test"]
     np.testing.assert_allclose(results["accuracy"], recorded["accuracy"], atol=2e-3)
     np.testing.assert_allclose(results["loss"], recorded["loss"], rtol=1e-3)

@@ -4,6 +4,9 @@ If a Keras release moves or changes one, this test names it; `kzoo.compat`
 is the one place to adapt.
 """
 
+import re
+from pathlib import Path
+
 import keras
 import pytest
 
@@ -21,6 +24,8 @@ def test_the_keras_internals_kzoo_uses_are_there():
     inner = keras.layers.Dense(2)
     model = keras.Sequential([keras.Input((3,)), keras.Sequential([inner])])
     assert inner in compat.flatten_layers(model), "Layer._flatten_layers changed"
+    harness = getattr(compat.TestCase, "run_layer_test", None)
+    assert callable(harness), "Keras' TestCase lost run_layer_test"
 
 
 def test_object_sharing_scope_keeps_a_shared_object_shared():
@@ -37,3 +42,15 @@ def test_object_sharing_scope_keeps_a_shared_object_shared():
         restored = keras.saving.deserialize_keras_object(config)
     convs = [layer for layer in restored.layers if isinstance(layer, layers.SharedBasisConv2D)]
     assert convs[0].basis is convs[1].basis, "ObjectSharingScope no longer shares objects"
+
+
+def test_only_kzoo_compat_imports_keras_internals():
+    root = Path(__file__).resolve().parent.parent
+    sources = [*root.glob("kzoo/**/*.py"), *root.glob("tests/*.py"), *root.glob("benchmarks/*.py")]
+    internal = re.compile(r"^\s*(from|import)\s+keras\.src\b", re.M)
+    offenders = [
+        str(p.relative_to(root))
+        for p in sources
+        if p != root / "kzoo" / "compat.py" and internal.search(p.read_text())
+    ]
+    assert offenders == [], f"import keras.src through kzoo.compat only: {offenders}"

@@ -39,7 +39,7 @@ def test_readme_zoo_table_matches_the_presets_metadata():
     import json
     import math
 
-    from kzoo.applications import presets
+    from kzoo.zoo import presets
 
     rows = re.findall(
         r"^\| `(\w+)` \| [^|]+ \| [^|]+ \| (accuracy|mean IoU) ([\d.]+) \|$|"
@@ -72,7 +72,7 @@ def test_readme_zoo_table_matches_the_presets_metadata():
 def test_readme_learned_optimizer_table_matches_the_presets_metadata():
     import json
 
-    from kzoo.applications import presets
+    from kzoo.zoo import presets
 
     rows = re.findall(
         r"^\| `(lstm_optimizer_\w+)` \| [^|]+ \| ([\d.]+) \((\d+) problems\) \|",

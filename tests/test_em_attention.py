@@ -6,8 +6,8 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from keras.src import testing
 
+from kzoo.compat import TestCase
 from kzoo.layers import em_attention as em
 from tests import helpers
 
@@ -22,7 +22,7 @@ def _clustered(batch=2, n=60, channels=6, k=4, seed=0):
     return x.astype("float32"), (mu / np.linalg.norm(mu, axis=-1, keepdims=True)).astype("float32")
 
 
-class EMFunctionsTest(testing.TestCase):
+class EMFunctionsTest(TestCase):
     def test_em_step_matches_numpy(self):
         x, mu = _clustered()
         z, new_mu = (ops.convert_to_numpy(t) for t in em.em_iterations(x, mu, 1))
@@ -74,7 +74,7 @@ class EMFunctionsTest(testing.TestCase):
         self.assertAllClose(grad, np.zeros_like(grad))
 
 
-class EMLayersTest(testing.TestCase):
+class EMLayersTest(TestCase):
     def test_em_attention_layer(self):
         self.run_layer_test(
             em.EMAttention,

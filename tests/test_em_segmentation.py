@@ -6,9 +6,9 @@ import pytest
 
 from kzoo import applications
 from kzoo import serving
-from kzoo import training
-from kzoo.applications import presets
 from kzoo.datasets import texture_scenes
+from kzoo.zoo import models
+from kzoo.zoo import presets
 
 PRETRAINED = ["emanet_texture_scenes", "hemnet_texture_scenes", "unrolled_em_texture_scenes"]
 
@@ -17,7 +17,7 @@ PRETRAINED = ["emanet_texture_scenes", "hemnet_texture_scenes", "unrolled_em_tex
 @pytest.mark.parametrize("name", PRETRAINED)
 def test_pretrained_em_segmenters_reproduce_recorded_metrics(name):
     model = applications.get(name, weights="pretrained")
-    results = training.evaluate(model, "texture_scenes", verbose=0)
+    results = models.score(model, "texture_scenes", verbose=0)
     recorded = presets.read_metadata(name)[1]["metrics"]["test"]
     rtol = 1e-3
     if name == "emanet_texture_scenes" and keras.backend.backend() != "tensorflow":

@@ -6,9 +6,9 @@ import keras
 import numpy as np
 import pytest
 from absl.testing import parameterized
-from keras.src import testing
 
 from kzoo import layers as kl
+from kzoo.compat import TestCase
 from tests import helpers
 
 pytestmark = pytest.mark.multibackend
@@ -36,7 +36,7 @@ def _call(layer, x):
     return keras.ops.convert_to_numpy(layer(x))
 
 
-class LayerNormRNNTest(testing.TestCase):
+class LayerNormRNNTest(TestCase):
     @parameterized.named_parameters(("lstm", "lstm"), ("gru", "gru"), ("simple", "simple"))
     def test_run_layer_test(self, kind):
         layer_cls, _, n_weights = LAYERS[kind]

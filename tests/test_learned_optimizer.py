@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from keras import ops
 
-from kzoo.applications import presets
 from kzoo.optimizers import LSTMOptimizer
 from kzoo.optimizers import learned
 from kzoo.optimizers import meta
 from kzoo.optimizers import problems
+from kzoo.zoo import presets
 from tests.helpers import _sigmoid
 
 pytestmark = pytest.mark.multibackend

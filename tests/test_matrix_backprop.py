@@ -14,8 +14,8 @@ import pytest
 import scipy.linalg as sl
 from absl.testing import parameterized
 from keras import ops
-from keras.src import testing
 
+from kzoo.compat import TestCase
 from kzoo.layers import matrix_backprop as mb
 from tests import helpers
 
@@ -97,7 +97,7 @@ def _close(actual, expected, tolerance):
     return np.all(np.isfinite(actual)) and np.max(np.abs(actual - expected)) <= tolerance * scale
 
 
-class SpectralFunctionTest(testing.TestCase):
+class SpectralFunctionTest(TestCase):
     @parameterized.product(
         function=sorted(FUNCTIONS), matrix=sorted(MATRICES), dtype=["float32", "float64"]
     )
@@ -193,7 +193,7 @@ def _np_normalized_cut(features, k, bandwidth):
     return u[:, -k:] @ u[:, -k:].T, eigenvalues
 
 
-class OtherFunctionsTest(testing.TestCase):
+class OtherFunctionsTest(TestCase):
     @parameterized.parameters(True, False)
     def test_covariance_pooling(self, center):
         features = np.random.default_rng(0).normal(size=(2, 3, 5, 4)).astype("float32")
@@ -261,7 +261,7 @@ def _spd_batch(batch=2, n=4, seed=0):
     return (a @ a.transpose(0, 2, 1) / (2 * n) + 0.1 * np.eye(n)).astype("float32")
 
 
-class LayersTest(testing.TestCase):
+class LayersTest(TestCase):
     def test_second_order_pooling(self):
         self.run_layer_test(
             mb.SecondOrderPooling,

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from kzoo import applications
-from kzoo import training
 from kzoo.datasets import texture_patches
+from kzoo.zoo.tasks import TASKS
 from tests import helpers
 
 PRETRAINED = ["deep_o2p_texture_patches", "first_order_texture_patches"]
@@ -21,7 +21,7 @@ def test_pretrained_reproduce_recorded_test_metrics(name):
 def test_o2p_trains_with_finite_gradients_on_real_patches():
     x, y = texture_patches.load("validation")
     model = applications.DeepO2P(filters=(8, 8), projection=8)
-    training.TASKS["texture_patches"].compile(model, "adam")
+    TASKS["texture_patches"].compile(model, "adam")
     history = model.fit(x[:128], y[:128], batch_size=32, epochs=2, verbose=0)
     losses = history.history["loss"]
     assert np.all(np.isfinite(losses)) and losses[-1] < losses[0]

@@ -13,9 +13,9 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as spl
 from absl.testing import parameterized
 from keras import ops
-from keras.src import testing
 
 from kzoo import backend
+from kzoo.compat import TestCase
 from kzoo.layers import random_walk as rw
 from tests import helpers
 
@@ -55,7 +55,7 @@ def _csr(stencil, radius=R):
     return sp.csr_matrix((np.array(vals, "float64"), (rows, cols)), shape=(n, n))
 
 
-class RandomWalkFunctionsTest(testing.TestCase):
+class RandomWalkFunctionsTest(TestCase):
     def test_offsets(self):
         self.assertEqual([len(rw.neighbour_offsets(r)) for r in range(6)], [1, 5, 13, 29, 49, 81])
         self.assertEqual(rw.radius_for_neighbours(81), 5)
@@ -190,7 +190,7 @@ class RandomWalkFunctionsTest(testing.TestCase):
         self.assertAllClose(loss, want, rtol=1e-5)
 
 
-class RandomWalkLayersTest(testing.TestCase):
+class RandomWalkLayersTest(TestCase):
     def test_pixel_affinity_layer(self):
         self.run_layer_test(
             rw.PixelAffinity,

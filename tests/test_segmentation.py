@@ -6,9 +6,9 @@ import tensorflow_datasets as tfds
 
 from kzoo import applications
 from kzoo import serving
-from kzoo import training
-from kzoo.applications import presets
 from kzoo.datasets import texture_scenes
+from kzoo.zoo import models
+from kzoo.zoo import presets
 
 PRETRAINED = ["fcn_texture_scenes", "rwn_texture_scenes"]
 
@@ -77,7 +77,7 @@ def test_rwn_walk_is_switchable_without_changing_weights():
 @pytest.mark.parametrize("name", PRETRAINED)
 def test_pretrained_segmenters_reproduce_recorded_metrics(name, test_split):
     model = applications.get(name, weights="pretrained")
-    results = training.evaluate(model, "texture_scenes", verbose=0)
+    results = models.score(model, "texture_scenes", verbose=0)
     recorded = presets.read_metadata(name)[1]["metrics"]["test"]
     key = "mean_iou" if name.startswith("fcn") else "segmentation_logits_mean_iou"
     np.testing.assert_allclose(results[key], recorded[key], rtol=1e-3)

@@ -4,10 +4,10 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from keras.src import testing
 
 from kzoo import applications
 from kzoo import regularizers
+from kzoo.compat import TestCase
 from kzoo.layers import shared_basis as sb
 
 pytestmark = pytest.mark.multibackend
@@ -26,7 +26,7 @@ def _np_conv_same(x, kernel):
     return out
 
 
-class SharedBasisTest(testing.TestCase):
+class SharedBasisTest(TestCase):
     def test_layer_is_the_convolution_with_the_composed_kernel(self):
         rng = np.random.default_rng(0)
         x = rng.normal(size=(2, 7, 6, 4)).astype("float32")

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 
 from kzoo import applications
-from kzoo.applications import presets
 from kzoo.datasets import texture_patches
 from kzoo.layers import SharedBasisConv2D
+from kzoo.zoo import presets
 from tests import helpers
 
 PRETRAINED = ["shared_basis_resnet_texture_patches", "resnet_texture_patches"]

@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 from keras import ops
-from keras.src import testing
 
+from kzoo.compat import TestCase
 from kzoo.layers import stable_gru as sg
 
 pytestmark = pytest.mark.multibackend
@@ -23,7 +23,7 @@ def _sequences(seed=0, batch=16, steps=12, features=3):
     return x, rng.normal(size=(batch, UNITS)).astype("float32")
 
 
-class StableGRUTest(testing.TestCase):
+class StableGRUTest(TestCase):
     def test_clip_spectral_norm_matches_numpy_svd(self):
         rng = np.random.default_rng(0)
         w = rng.normal(size=(5, 5)).astype("float32") * 2.0

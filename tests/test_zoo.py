@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from kzoo import applications
-from kzoo import training
-from kzoo.applications import presets
-from kzoo.applications import zoo
+from kzoo import zoo
+from kzoo.zoo import models
+from kzoo.zoo import presets
+from kzoo.zoo.tasks import TASKS
 
 pytestmark = pytest.mark.multibackend  # presets load, evaluate and train on every backend
 
@@ -42,7 +43,8 @@ def preset_copy(tmp_path):
 def test_registry_lists_models_with_pretrained_presets():
     assert set(PRETRAINED) <= set(applications.list_models())
     assert set(PRETRAINED) <= set(presets.available_presets())
-    with pytest.raises(ValueError, match="Unknown model 'nope'"):
+    valid = "Unknown name 'nope'; models: .*; learned optimizers: lstm_optimizer_digits_mlp"
+    with pytest.raises(ValueError, match=valid):
         applications.get("nope")
 
 
@@ -52,8 +54,8 @@ def test_metadata_records_provenance():
         assert metadata["training_command"].endswith(
             f"kzoo train {name} --epochs {metadata['training_command'].split()[-3]} --seed 0"
         )
-        assert metadata["builder"] == zoo.entry(name).builder.__name__
-        assert metadata["builder_args"] == training.builder_args(name)
+        assert metadata["builder"] == zoo.entry(name).load_builder().__name__
+        assert metadata["builder_args"] == models.builder_args(name)
         for key in ("dataset", "keras_version", "backend", "metrics", "parameter_count"):
             assert metadata[key]
 
@@ -62,7 +64,7 @@ def test_metadata_records_provenance():
 def test_pretrained_classifier_reproduces_recorded_test_metrics(name):
     model = applications.get(name, weights="pretrained")
     _, metadata = presets.read_metadata(name)
-    results = training.evaluate(model, "digits_rows", verbose=0)
+    results = models.score(model, "digits_rows", verbose=0)
     recorded = metadata["metrics"]["test"]
     np.testing.assert_allclose(results["loss"], recorded["loss"], rtol=1e-4)
     np.testing.assert_allclose(results["accuracy"], recorded["accuracy"], rtol=1e-6)
@@ -71,7 +73,7 @@ def test_pretrained_classifier_reproduces_recorded_test_metrics(name):
 
 def test_pretrained_char_lm_beats_unigram_model():
     model = applications.get("lnlstm_char_lm", weights="pretrained")
-    x, y = training.TASKS["stdlib_chars"].load("test")
+    x, y = TASKS["stdlib_chars"].load("test")
     x, y = x[:128], y[:128]
     probs = keras.ops.convert_to_numpy(model(x))
     bits = -np.log2(np.take_along_axis(probs, y[..., None], -1)).mean()
@@ -84,7 +86,7 @@ def test_builders_take_weights_like_keras_applications():
     by_name = applications.get("lnlstm_digits", weights="pretrained")
     by_builder = applications.LNLSTMClassifier(weights="lnlstm_digits")
     by_path = applications.LNLSTMClassifier(weights=str(presets.resolve("lnlstm_digits")))
-    x, _ = training.TASKS["digits_rows"].load("test")
+    x, _ = TASKS["digits_rows"].load("test")
     expected = keras.ops.convert_to_numpy(by_name(x[:16]))
     for model in (by_builder, by_path, presets.load_preset("lnlstm_digits")):
         np.testing.assert_allclose(keras.ops.convert_to_numpy(model(x[:16])), expected, atol=1e-6)
@@ -173,12 +175,12 @@ def test_a_saved_preset_lists_every_file(tmp_path):
 
 
 def test_every_shipped_preset_has_a_full_manifest():
+    assert set(presets.available_presets()) == set(zoo.list_entries())
     for name in presets.available_presets():
-        kind = json.loads((presets.resolve(name) / presets.METADATA_FILE).read_text()).get(
-            "kind", "model"
-        )
-        weights = presets.WEIGHTS_FILE if kind == "model" else "optimizer.weights.npz"
-        directory, metadata = presets.read_metadata(name, weights_file=weights, kind=kind)
+        kind = zoo.entry(name).kind
+        _, metadata = presets.read_metadata(name, kind=kind)
+        assert metadata.get("kind", "model") == kind
+        weights = presets.WEIGHTS_FILES[kind]
         assert presets.CONFIG_FILE in metadata["sha256"] and weights in metadata["sha256"]
 
 
@@ -231,13 +233,16 @@ def test_save_preset_never_overwrites_without_intent(tmp_path):
 
 
 def test_train_stores_a_loadable_preset(tmp_path):
-    model, metadata = training.train("lnlstm_digits", zoo_dir=tmp_path, epochs=2, verbose=0)
+    model, metadata = zoo.train(
+        "lnlstm_digits", zoo_dir=tmp_path, epochs=2, log_dir=tmp_path / "logs", verbose=0
+    )
     assert metadata["training"]["epochs_run"] == 2
+    assert list((tmp_path / "logs" / "train").glob("events.out.tfevents.*"))  # TensorBoard
     loaded = presets.load_preset(tmp_path / "lnlstm_digits")
-    results = training.evaluate(loaded, "digits_rows", verbose=0)
+    results = models.score(loaded, "digits_rows", verbose=0)
     np.testing.assert_allclose(results["loss"], metadata["metrics"]["test"]["loss"], rtol=1e-4)
     with pytest.raises(FileExistsError, match="already holds a preset"):
-        training.train("lnlstm_digits", zoo_dir=tmp_path, epochs=1, verbose=0)
+        zoo.train("lnlstm_digits", zoo_dir=tmp_path, epochs=1, verbose=0)
 
 
 def test_from_preset_returns_a_compiled_model_that_scores_its_record():
@@ -274,6 +279,6 @@ def test_a_new_head_keeps_the_pretrained_body_and_fine_tunes():
 
 
 def test_list_models_filters_by_glob_and_pretrained():
-    assert zoo.list_models("*_char_lm") == ["lnlstm_char_lm", "lstm_char_lm"]
-    assert set(zoo.list_models(pretrained=True)) == set(PRETRAINED)
-    assert zoo.list_models(pretrained=False) == []
+    assert applications.list_models("*_char_lm") == ["lnlstm_char_lm", "lstm_char_lm"]
+    assert set(applications.list_models(pretrained=True)) == set(PRETRAINED)
+    assert applications.list_models(pretrained=False) == []

@@ -12,11 +12,10 @@ Input `image` `(batch, H, W, 3)` in [0, 1]; output `segmentation_logits`.
 """
 
 from kzoo.applications.segmentation import logits_segmenter
-from kzoo.applications.zoo import preset_builder
-from kzoo.applications.zoo import register_model
 from kzoo.datasets import texture_scenes
 from kzoo.layers import EMAttention
 from kzoo.layers import HighwayEM
+from kzoo.zoo.models import preset_builder
 
 
 @preset_builder()
@@ -84,24 +83,3 @@ def HEMNet(
         num_bases, iterations, gamma=gamma, learnable_gamma=learnable_gamma, name="highway_em"
     )
     return logits_segmenter(num_classes, image_size, width, name, context=module)
-
-
-register_model(
-    "emanet_texture_scenes",
-    EMANet,
-    task="texture_scenes",
-    description="FCN + EMANet attention (K=16, T=3, stopped gradients)",
-)
-register_model(
-    "hemnet_texture_scenes",
-    HEMNet,
-    task="texture_scenes",
-    description="FCN + HighwayEM (K=16, T=3, learnable gamma from 0.5)",
-)
-register_model(
-    "unrolled_em_texture_scenes",
-    EMANet,
-    task="texture_scenes",
-    description="FCN + EM attention, gradients through the iterations (baseline)",
-    stop_gradient=False,
-)

@@ -8,10 +8,9 @@
 
 import keras
 
-from kzoo.applications.zoo import preset_builder
-from kzoo.applications.zoo import register_model
 from kzoo.datasets import stdlib_text
 from kzoo.layers import LayerNormLSTM
+from kzoo.zoo.models import preset_builder
 
 
 def _recurrent_layer(layer_norm, units, return_sequences):
@@ -109,33 +108,3 @@ def LSTMCharLM(
 ):
     """Plain `keras.layers.LSTM` twin of `LNLSTMCharLM` (same arguments)."""
     return _char_lm(False, units, embedding_dim, vocab_size, name)
-
-
-register_model(
-    "lnlstm_digits",
-    LNLSTMClassifier,
-    task="digits_rows",
-    description="LN-LSTM classifier of sklearn digits read row by row",
-    units=64,
-)
-register_model(
-    "lstm_digits",
-    LSTMClassifier,
-    task="digits_rows",
-    description="plain-LSTM twin of lnlstm_digits",
-    units=64,
-)
-register_model(
-    "lnlstm_char_lm",
-    LNLSTMCharLM,
-    task="stdlib_chars",
-    description="LN-LSTM character LM over Python's stdlib source",
-    units=256,
-)
-register_model(
-    "lstm_char_lm",
-    LSTMCharLM,
-    task="stdlib_chars",
-    description="plain-LSTM twin of lnlstm_char_lm",
-    units=256,
-)

@@ -15,12 +15,11 @@ layer. Input `patch` `(batch, 32, 32, 1)`; output `class_probabilities`.
 
 import keras
 
-from kzoo.applications.zoo import preset_builder
-from kzoo.applications.zoo import register_model
 from kzoo.datasets import texture_patches
 from kzoo.layers import LogEig
 from kzoo.layers import SecondOrderPooling
 from kzoo.layers import UpperTriangle
+from kzoo.zoo.models import preset_builder
 
 HEADS = ("o2p", "first_order")
 # Keras' default 0.99 leaves a third of the initial moving statistics after
@@ -86,18 +85,3 @@ def DeepO2P(
         num_classes, activation="softmax", dtype="float32", name="class_probabilities"
     )(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-register_model(
-    "deep_o2p_texture_patches",
-    DeepO2P,
-    task="texture_patches",
-    description="CNN + O2P head (second-order pooling, LogEig, 136-d)",
-)
-register_model(
-    "first_order_texture_patches",
-    DeepO2P,
-    task="texture_patches",
-    description="The same CNN with global average pooling (16-d), O2P's twin",
-    head="first_order",
-)

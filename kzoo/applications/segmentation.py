@@ -16,11 +16,10 @@ Both output `segmentation_logits` `(batch, H, W, num_classes)` (train with
 
 import keras
 
-from kzoo.applications.zoo import preset_builder
-from kzoo.applications.zoo import register_model
 from kzoo.datasets import texture_scenes
 from kzoo.layers import PixelAffinity
 from kzoo.layers import RandomWalk
+from kzoo.zoo.models import preset_builder
 
 # Builder arguments that select the walk, not the weights: an RWN preset loads
 # into a model built with any of them.
@@ -149,25 +148,3 @@ def RWN(
         name="segmentation_logits",
     )([logits, affinities])
     return keras.Model(image, {"segmentation_logits": walked, "affinities": affinities}, name=name)
-
-
-register_model(
-    "fcn_texture_scenes",
-    FCN,
-    task="texture_scenes",
-    description="DeepLab-style FCN (OS 8) on texture scenes",
-)
-# The paper's radii (R = 40 one step to train, R = 5 converged to test, on
-# ~500-pixel images) scale to R = 5 and R = 1 on 64-pixel scenes. Trained
-# with one step at R = 5; at inference that same setting scored best on the
-# validation split (mean IoU 0.779, vs 0.759-0.771 for the converged walk at
-# R = 1, 3, 5 with alpha 0.5 or 0.9; BENCHMARKS.md), so the zoo keeps it.
-register_model(
-    "rwn_texture_scenes",
-    RWN,
-    task="texture_scenes",
-    description="FCN + pixel affinity + one-step random walk (R=5)",
-    init_from="fcn_texture_scenes",
-    walk_mode="step",
-    walk_radius=5,
-)

@@ -15,12 +15,11 @@ Input `patch` `(batch, 32, 32, 1)`; output `class_probabilities`.
 
 import keras
 
-from kzoo.applications.zoo import preset_builder
-from kzoo.applications.zoo import register_model
 from kzoo.datasets import texture_patches
 from kzoo.layers import FilterBasis
 from kzoo.layers import OrthogonalBasis
 from kzoo.layers import SharedBasisConv2D
+from kzoo.zoo.models import preset_builder
 
 _BN_MOMENTUM = 0.9  # as in DeepO2P: the default 0.99 lags on this small set
 
@@ -123,18 +122,3 @@ def SharedBasisResNet(
         num_classes, activation="softmax", dtype="float32", name="class_probabilities"
     )(x)
     return keras.Model(inputs, outputs, name=name)
-
-
-register_model(
-    "shared_basis_resnet_texture_patches",
-    SharedBasisResNet,
-    task="texture_patches",
-    description="ResNet 16-32-64, one orthogonal filter basis shared per stage",
-)
-register_model(
-    "resnet_texture_patches",
-    SharedBasisResNet,
-    task="texture_patches",
-    description="The same ResNet with unshared 3x3 convolutions (twin)",
-    shared=False,
-)

@@ -32,9 +32,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from kzoo.applications import presets
+from kzoo.zoo import presets
 
-PHI_FILE = "optimizer.weights.npz"
+PHI_FILE = presets.WEIGHTS_FILES["optimizer"]
 
 
 def meta_parameter_shapes(units=20, num_layers=2, preprocess=True):
@@ -236,7 +236,7 @@ def load_meta_parameters(preset):
     learning rate, clipping or any other optimizer argument recorded there
     is refused (`PresetError`), as is a missing or invalid key.
     """
-    directory, _ = presets.read_metadata(preset, weights_file=PHI_FILE, kind="optimizer")
+    directory, _ = presets.read_metadata(preset, kind="optimizer")
     label = f"Preset {str(preset)!r} ({directory})"
     try:
         architecture = json.loads((directory / presets.CONFIG_FILE).read_text())
@@ -378,7 +378,7 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
         """An `LSTMOptimizer` with `phi` and architecture from a zoo preset.
 
         Args:
-            preset: a preset name (see `kzoo.optimizers.list_presets()`) or
+            preset: a preset name (see `kzoo.zoo.list_entries(kind="optimizer")`) or
                 directory.
             **kwargs: other constructor arguments (`learning_rate`, ...).
         """

@@ -17,16 +17,13 @@ TensorFlow, JAX and PyTorch.
 
 import dataclasses
 import sys
-import time
 
 import keras
 import numpy as np
 from keras import ops
 
 from kzoo import backend
-from kzoo.applications import presets
 from kzoo.optimizers import learned
-from kzoo.optimizers import problems
 
 VALIDATION_SEED = 1_000_001
 TEST_SEED = 2_000_003
@@ -305,155 +302,3 @@ class MetaTrainer:
                     break
         history["best_epoch"] = int(np.nanargmin(history["validation_final_loss"])) + 1
         return history
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerPreset:
-    """A zoo entry for a learned optimizer and how `kzoo train` reproduces it.
-
-    Attributes:
-        name: preset name.
-        family: problem family name (`problems.FAMILIES`).
-        description: one line for `kzoo list`.
-        trainer_args: `MetaTrainer` arguments (architecture and meta-training).
-        epochs: default number of epochs.
-        episodes_per_epoch: episodes per epoch.
-        patience: early-stopping patience in epochs.
-    """
-
-    name: str
-    family: str
-    description: str
-    trainer_args: dict
-    epochs: int
-    episodes_per_epoch: int
-    patience: int
-
-
-PRESETS = {
-    "lstm_optimizer_quadratic": OptimizerPreset(
-        name="lstm_optimizer_quadratic",
-        family="quadratic",
-        description="LSTM optimizer meta-trained on random 10-d quadratics (no pre/postprocessing)",
-        trainer_args={
-            "preprocess": False,
-            "output_scale": 1.0,
-            "num_problems": 32,
-            "learning_rate": 3e-3,
-        },
-        epochs=100,
-        episodes_per_epoch=20,
-        patience=20,
-    ),
-    "lstm_optimizer_digits_mlp": OptimizerPreset(
-        name="lstm_optimizer_digits_mlp",
-        family="digits_mlp",
-        description="LSTM optimizer meta-trained on 20-unit sigmoid MLPs on the digits "
-        "(preprocessing, output scale 0.1)",
-        trainer_args={
-            "preprocess": True,
-            "output_scale": 0.1,
-            "num_problems": 8,
-            "learning_rate": 1e-3,
-            "validation_problems": 64,
-        },
-        epochs=40,
-        episodes_per_epoch=20,
-        patience=10,
-    ),
-}
-
-
-def train_preset(name, zoo_dir=None, epochs=None, overwrite=False, seed=0, log_dir=None, verbose=1):
-    """Meta-trains a registered learned optimizer and saves it to the zoo.
-
-    Args:
-        name: a key of `PRESETS`.
-        zoo_dir: the zoo directory; the preset goes to `zoo_dir/name`
-            (default: the user's zoo, `kzoo.applications.presets.user_zoo()`).
-        epochs: maximum epochs (default: the preset's).
-        overwrite: replace an existing preset.
-        seed: seed of `phi`'s initialization and the training problems.
-        log_dir: TensorBoard directory.
-        verbose: progress output.
-
-    Returns:
-        `(phi, metadata)`.
-    """
-    if name not in PRESETS:
-        raise ValueError(
-            f"Unknown learned optimizer {name!r}; registered: {', '.join(sorted(PRESETS))}."
-        )
-    entry = PRESETS[name]
-    target = presets.training_target(name, zoo_dir, overwrite)
-    epochs = presets.epochs_or_default(epochs, entry.epochs)
-    keras.utils.set_random_seed(seed)
-    trainer = MetaTrainer(problems.FAMILIES[entry.family](), seed=seed, **entry.trainer_args)
-    start = time.time()
-    history = trainer.fit(
-        epochs=epochs,
-        episodes_per_epoch=entry.episodes_per_epoch,
-        patience=entry.patience,
-        log_dir=log_dir,
-        verbose=verbose,
-    )
-    seconds = time.time() - start
-    test = trainer.run(trainer.best_phi, TEST_SEED, trainer.validation_problems)
-    architecture = {
-        k: trainer.architecture[k]
-        for k in ("units", "num_layers", "preprocess", "exponent", "output_scale")
-    }
-    metadata = {
-        "description": entry.description,
-        "problem_family": entry.family,
-        "training_command": f"KERAS_BACKEND={keras.backend.backend()} kzoo train {name} "
-        f"--epochs {epochs} --seed {seed}",
-        "meta_training": {
-            **{k: v for k, v in dataclasses.asdict(trainer).items() if k != "problem"},
-            "episodes_per_epoch": entry.episodes_per_epoch,
-            "patience": entry.patience,
-            "epochs_run": len(history["meta_loss"]),
-            "best_epoch": history["best_epoch"],
-            "seconds": round(seconds, 1),
-            "history": history,
-        },
-        "metrics": {
-            "validation": {"final_loss": min(history["validation_final_loss"])},
-            "test": {
-                "final_loss": float(test[-1].mean()),
-                "mean_loss": float(test[1:].mean()),
-                "problems": int(test.shape[1]),
-            },
-        },
-    }
-    metadata = learned.save_meta_parameters(
-        target, trainer.best_phi, architecture, metadata, overwrite=overwrite
-    )
-    if verbose:
-        print(f"Saved learned optimizer {target}", file=sys.stderr)
-    return trainer.best_phi, metadata
-
-
-def evaluate_preset(name):
-    """Re-scores a zoo learned optimizer on its test problems.
-
-    Returns:
-        `{"final_loss", "mean_loss", "problems"}` as recorded at training.
-    """
-    _, metadata = presets.read_metadata(name, weights_file=learned.PHI_FILE, kind="optimizer")
-    phi, architecture = learned.load_meta_parameters(name)
-    entry = PRESETS[name]
-    settings = {
-        **entry.trainer_args,
-        **{
-            k: architecture[k]
-            for k in ("units", "num_layers", "preprocess", "exponent", "output_scale")
-        },
-    }
-    trainer = MetaTrainer(problems.FAMILIES[entry.family](), **settings)
-    test = trainer.run(phi, TEST_SEED, metadata["metrics"]["test"]["problems"])
-    return {
-        "final_loss": float(test[-1].mean()),
-        "mean_loss": float(test[1:].mean()),
-        "problems": int(test.shape[1]),
-    }

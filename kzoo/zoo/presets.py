@@ -7,11 +7,17 @@ A preset directory holds
 - `metadata.json`: builder and arguments, the sha256 manifest of every other
   file, the training command, dataset, metrics and the keras/backend versions.
 
+Every zoo artifact is stored this way: models, and learned optimizers (whose
+config is their architecture and whose weights are their meta-parameters).
 Loading checks every file against the manifest before Keras reads anything (an
 edited config is refused like a corrupt weights file), and deserializes in
 Keras safe mode (no lambdas, no pickled code). Names resolve only in the zoo
 directories (`resolve`): the user's zoo (`$KZOO_ZOO`, default `~/.kzoo/zoo`),
 where `kzoo train` writes, then the zoo shipped with kzoo.
+
+Finding, verifying and describing presets needs no deep-learning framework
+(`kzoo list` and `kzoo info` stay fast); Keras is imported to build or save a
+model.
 """
 
 import datetime
@@ -23,14 +29,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
-import keras
-
-from kzoo.compat import ObjectSharingScope
-
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.weights.h5"
 METADATA_FILE = "metadata.json"
 PRESET_FILES = (CONFIG_FILE, WEIGHTS_FILE, METADATA_FILE)
+# The weights' file of each kind of zoo artifact (`kzoo.zoo.registry.KINDS`).
+WEIGHTS_FILES = {"model": WEIGHTS_FILE, "optimizer": "optimizer.weights.npz"}
 ZOO_ENV = "KZOO_ZOO"
 USER_ZOO_DEFAULT = "~/.kzoo/zoo"
 
@@ -158,7 +162,7 @@ def sha256(path):
     return digest.hexdigest()
 
 
-def read_metadata(preset, weights_file=WEIGHTS_FILE, kind="model"):
+def read_metadata(preset, kind="model"):
     """Reads and verifies a preset; returns `(directory, metadata)`.
 
     Every file of the preset except `metadata.json` itself (the config, the
@@ -167,10 +171,9 @@ def read_metadata(preset, weights_file=WEIGHTS_FILE, kind="model"):
 
     Args:
         preset: preset name or directory (see `resolve`).
-        weights_file: the weights' file name: a model's `model.weights.h5`
-            or a learned optimizer's meta-parameters.
         kind: what the preset must hold: `"model"` or `"optimizer"` (the
-            metadata's `kind`; model presets may omit it).
+            metadata's `kind`; model presets may omit it), or `None` for
+            either. The weights' file is the kind's (`WEIGHTS_FILES`).
 
     Raises:
         PresetError: naming the preset and the file, if the preset is of
@@ -191,8 +194,9 @@ def read_metadata(preset, weights_file=WEIGHTS_FILE, kind="model"):
             f"{label}: {METADATA_FILE} is unreadable or has no sha256 manifest ({e})."
         ) from e
     found = metadata.get("kind", "model")
-    if found != kind:
-        raise PresetError(f"{label} is of kind {found!r}, not {kind!r}.")
+    if found not in WEIGHTS_FILES or (kind is not None and found != kind):
+        raise PresetError(f"{label} is of kind {found!r}, not {kind or 'a known kind'!r}.")
+    weights_file = WEIGHTS_FILES[found]
     missing = [f for f in (CONFIG_FILE, weights_file) if not (directory / f).is_file()]
     if missing:
         raise PresetError(f"{label} is incomplete: missing {', '.join(missing)}.")
@@ -268,6 +272,11 @@ def load_preset(preset):
     'lnlstm_digits'
     """
     directory, _ = read_metadata(preset)
+    import keras
+
+    import kzoo.layers  # noqa: F401  (registers kzoo's classes with Keras)
+    from kzoo.compat import ObjectSharingScope
+
     try:
         config = json.loads((directory / CONFIG_FILE).read_text())
         with ObjectSharingScope():  # e.g. a FilterBasis shared by several layers
@@ -302,6 +311,8 @@ def write_preset(directory, write_files, metadata, overwrite=False):
     Returns:
         The metadata written.
     """
+    import keras
+
     directory = Path(directory)
     if (directory / METADATA_FILE).exists() and not overwrite:
         raise FileExistsError(
@@ -350,6 +361,10 @@ def save_preset(model, directory, metadata, overwrite=False):
     Returns:
         The metadata written.
     """
+
+    import keras
+
+    from kzoo.compat import ObjectSharingScope
 
     def write(tmp):
         # A preset is for inference and fine-tuning: the architecture and
