@@ -9,6 +9,7 @@ from kzoo import serving
 from kzoo.datasets import texture_scenes
 from kzoo.zoo import models
 from kzoo.zoo import presets
+from kzoo.zoo.tasks import TASKS
 
 PRETRAINED = ["fcn_texture_scenes", "rwn_texture_scenes"]
 
@@ -36,13 +37,37 @@ def test_scenes_are_deterministic_real_images_with_every_class(test_split):
     assert not any(img.tobytes() in train_keys for img in (images * 255).round().astype("uint8"))
 
 
-def test_augment_moves_images_and_masks_together():
+@pytest.mark.multibackend
+def test_keras_cv_augmentation_moves_masks_exactly_with_their_images():
+    """Label pixels stay on their object: each image's first channel encodes
+    its label, so after flips and shifts `image * 4 == mask` must still hold."""
     rng = np.random.default_rng(0)
-    labels = rng.integers(0, 5, size=(32, 64, 64)).astype("int32")
+    labels = rng.integers(0, 5, size=(24, 64, 64)).astype("int32")
     images = np.repeat(labels[..., None] / 4.0, 3, axis=-1).astype("float32")
-    new_images, new_labels = texture_scenes.augment(images, labels, np.random.default_rng(1))
+    batches = list(texture_scenes.augmented_batches(images, labels, batch_size=8, seed=3))
+    new_images = np.concatenate([np.asarray(x) for x, _ in batches])
+    new_labels = np.concatenate([np.asarray(y) for _, y in batches])
+    assert new_labels.dtype == np.int32 and new_labels.shape == labels.shape
     np.testing.assert_array_equal(new_images[..., 0] * 4, new_labels)
-    assert not np.array_equal(new_labels, labels)
+    # Every output is a flipped and/or shifted input, and not all are unchanged.
+    originals = {lab.tobytes(): k for k, lab in enumerate(labels)}
+    assert not any(lab.tobytes() in originals for lab in new_labels)
+    # The same seed gives the same batches (shuffling and augmentation).
+    again = list(texture_scenes.augmented_batches(images, labels, batch_size=8, seed=3))
+    np.testing.assert_array_equal(np.asarray(again[0][1]), np.asarray(batches[0][1]))
+
+
+@pytest.mark.multibackend
+def test_an_rwn_fits_on_the_augmented_pipeline(test_split):
+    """The task's tf.data + keras-cv batches feed `fit` on every backend,
+    with the label map fanned out to both RWN outputs."""
+    x, y = test_split
+    model = applications.RWN(width=4)
+    task = TASKS["texture_scenes"]
+    task.compile(model, "sgd")
+    batches = task.augment(x[:8], y[:8], batch_size=4, seed=0)
+    history = model.fit(batches.map(lambda i, m: (i, task.targets(model, m))), verbose=0)
+    assert np.isfinite(history.history["loss"][0])
 
 
 def test_tfds_segmentation_loader_on_mocked_pets():

@@ -235,34 +235,72 @@ def load_tfds_segmentation(
     return np.stack(images), np.stack(labels)
 
 
-def augment(images, labels, rng, max_shift=8):
-    """Random horizontal flips and shifts, applied to images and masks alike.
+def augmentation(max_shift=8, seed=None):
+    """keras-cv's random horizontal flip and translation, for images and masks alike.
 
-    Shifted-in pixels are black in the image and background (0) in the mask.
+    The returned callable takes `{"images": (n, H, W, 3), "segmentation_masks":
+    (n, H, W, 1)}` and transforms both with the same random flip and shift
+    per example. Shifts move whole pixels (nearest interpolation) and fill
+    with black in the image and background (0) in the mask. It runs inside
+    `tf.data` on every Keras backend (see `augmented_batches`).
 
     Args:
-        images: `(n, H, W, 3)` array.
+        max_shift: the largest shift in pixels, per axis.
+        seed: the random seed.
+    """
+    import keras_cv
+
+    factor = max_shift / IMAGE_SIZE
+    return keras_cv.layers.Augmenter(
+        [
+            keras_cv.layers.RandomFlip("horizontal", seed=seed),
+            keras_cv.layers.RandomTranslation(
+                factor,
+                factor,
+                fill_mode="constant",
+                fill_value=0.0,
+                interpolation="nearest",
+                seed=None if seed is None else seed + 1,
+            ),
+        ]
+    )
+
+
+def augmented_batches(images, labels, batch_size, seed=0, max_shift=8):
+    """Shuffled, augmented training batches as a `tf.data.Dataset`.
+
+    Each epoch reshuffles the scenes and draws new flips and shifts
+    (`augmentation`), applied to images and masks together inside the
+    `tf.data` pipeline, so `fit` on TensorFlow, JAX and PyTorch sees the same
+    batches.
+
+    Args:
+        images: `(n, H, W, 3)` float array.
         labels: `(n, H, W)` int array.
-        rng: a `numpy.random.Generator`.
+        batch_size: batch size.
+        seed: seed of the shuffling and of the augmentation.
         max_shift: the largest shift in pixels, per axis.
 
     Returns:
-        New `(images, labels)` arrays.
+        A dataset of `(images, labels)` batches, `labels` int32 `(b, H, W)`.
+
+    Example:
+
+    >>> x, y = load("validation")
+    >>> images, masks = next(iter(augmented_batches(x[:8], y[:8], batch_size=4)))
+    >>> tuple(images.shape), tuple(masks.shape)
+    ((4, 64, 64, 3), (4, 64, 64))
     """
-    images, labels = images.copy(), labels.copy()
-    for i in range(len(images)):
-        if rng.uniform() < 0.5:
-            images[i], labels[i] = images[i, :, ::-1], labels[i, :, ::-1]
-        dy, dx = rng.integers(-max_shift, max_shift + 1, size=2)
-        images[i] = _shift(images[i], dy, dx)
-        labels[i] = _shift(labels[i], dy, dx)
-    return images, labels
+    augment = augmentation(max_shift, seed)
 
+    def transform(x, y):
+        out = augment({"images": x, "segmentation_masks": y[..., None]})
+        return out["images"], tf.cast(out["segmentation_masks"][..., 0], "int32")
 
-def _shift(array, dy, dx):
-    out = np.zeros_like(array)
-    h, w = array.shape[:2]
-    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = array[
-        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
-    ]
-    return out
+    return (
+        tf.data.Dataset.from_tensor_slices((images, labels))
+        .shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .map(transform)  # sequential: the random draws happen in batch order
+        .prefetch(tf.data.AUTOTUNE)
+    )

@@ -11,7 +11,6 @@
 import contextlib
 import functools
 import inspect
-import math
 import sys
 
 import keras
@@ -218,30 +217,6 @@ def sample_inputs(name, count=4):
     return np.asarray(x[:count])
 
 
-class _Augmented(keras.utils.PyDataset):
-    """Shuffled batches with flips and shifts applied to images and masks alike."""
-
-    def __init__(self, x, y, batch_size, seed, targets):
-        from kzoo.datasets import texture_scenes
-
-        super().__init__()
-        self.x, self.y, self.batch_size, self.targets = x, y, batch_size, targets
-        self.augment = texture_scenes.augment
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(x))
-
-    def __len__(self):
-        return math.ceil(len(self.x) / self.batch_size)
-
-    def __getitem__(self, index):
-        idx = self.order[index * self.batch_size : (index + 1) * self.batch_size]
-        x, y = self.augment(self.x[idx], self.y[idx], self.rng)
-        return x, self.targets(y)
-
-    def on_epoch_end(self):
-        self.order = self.rng.permutation(len(self.x))
-
-
 def _split_evenly(engine, batch_size, *arrays):
     """Drops the last `len % replicas` examples so every batch splits evenly
     across the replicas (JAX's sharding requires it)."""
@@ -307,7 +282,8 @@ def train(
             x, y, x_val, y_val = _split_evenly(engine, task.batch_size, x, y, x_val, y_val)
         targets = lambda labels: task.targets(model, labels)  # noqa: E731
         if task.augment:
-            data = {"x": _Augmented(x, y, task.batch_size, seed, targets)}
+            batches = task.augment(x, y, task.batch_size, seed)
+            data = {"x": batches.map(lambda images, masks: (images, targets(masks)))}
         else:
             data = {"x": x, "y": y, "batch_size": task.batch_size}
         with backend.global_batch_statistics(model):
@@ -346,7 +322,7 @@ def train(
             "optimizer": f"Adam(lr={float(ops.convert_to_numpy(optimizer.learning_rate)):g}, "
             f"clipnorm={task.clipnorm})",
             "builder_args_while_training": item.train_args or None,
-            "augmentation": "random flips and shifts" if task.augment else None,
+            "augmentation": task.augment.__doc__.splitlines()[0] if task.augment else None,
             "train_examples": int(len(x)),
         },
         "metrics": {

@@ -27,7 +27,8 @@ class Task:
         epochs: default number of epochs.
         batch_size: batch size.
         clipnorm: gradient-norm clipping for Adam (or `None`).
-        augment: train on randomly flipped and shifted images and masks.
+        augment: `augment(x, y, batch_size, seed)` returning a `tf.data.Dataset`
+            of augmented training batches, or `None` to train on `x, y` as is.
         fine_tune_learning_rate: Adam learning rate for models that start from
             another preset (`init_from`); default `learning_rate`.
         headline: the metrics that sum a model up, in order of preference;
@@ -45,7 +46,7 @@ class Task:
     epochs: int
     batch_size: int
     clipnorm: float = None
-    augment: bool = False
+    augment: object = None
     fine_tune_learning_rate: float = None
     headline: tuple = ("accuracy",)
     derived: object = None
@@ -119,6 +120,13 @@ def _load_chars(split):
     return stdlib_text.load(split, sequence_length=64, max_chars=max_chars)
 
 
+def _augmented_scenes(x, y, batch_size, seed):
+    """keras-cv random flips and shifts of scenes and masks, in tf.data."""
+    from kzoo.datasets import texture_scenes
+
+    return texture_scenes.augmented_batches(x, y, batch_size, seed)
+
+
 def _segmentation_loss(model):
     import keras
 
@@ -190,7 +198,7 @@ TASKS = {
         learning_rate=2e-3,
         epochs=30,
         batch_size=16,
-        augment=True,
+        augment=_augmented_scenes,
         fine_tune_learning_rate=2e-4,
         headline=("mean_iou", "segmentation_logits_mean_iou"),
     ),
