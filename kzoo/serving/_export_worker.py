@@ -9,7 +9,8 @@ import sys
 
 import keras
 
-import kzoo  # noqa: F401  (registers kzoo's serializable layers)
+import kzoo.layers  # noqa: F401  (registers kzoo's serializable classes with Keras)
+import kzoo.optimizers  # noqa: F401
 from kzoo.serving.export import _write_saved_model
 
 if __name__ == "__main__":
