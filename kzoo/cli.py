@@ -46,11 +46,8 @@ def _entries(args, exportable=False):
     from kzoo.zoo import registry
 
     if getattr(args, "all", False):
-        return [
-            registry.entry(n)
-            for n in registry.list_entries(pretrained=True)
-            if not exportable or registry.KINDS[registry.entry(n).kind].exportable
-        ]
+        entries = [registry.entry(n) for n in registry.list_entries(pretrained=True)]
+        return [e for e in entries if not exportable or registry.KINDS[e.kind].exportable]
     if not args.names:
         raise SystemExit(f"kzoo {args.command}: error: give zoo names (kzoo list) or --all")
     return [registry.entry(n) for n in args.names]

@@ -145,10 +145,10 @@ def transfer_weights(source, target):
     return copied
 
 
-def _model_entry(name):
-    item = registry.entry(name)
+def _model_entry(item):
+    """`item` (an `Entry`), checked to be a model."""
     if item.kind != "model":
-        raise ValueError(f"{name!r} is a learned optimizer, not a model.")
+        raise ValueError(f"{item.name!r} is a learned optimizer, not a model.")
     return item
 
 
@@ -185,7 +185,7 @@ def get(name, weights=None, training=False):
     >>> get("lnlstm_digits", weights="pretrained").output_shape
     (None, 10)
     """
-    item = _model_entry(name)
+    item = _model_entry(registry.entry(name))
     if weights == "pretrained":
         weights = name
     args = {**item.args, **(item.train_args if training else {})}
@@ -213,7 +213,7 @@ def score(model, task_name, split="test", verbose="auto"):
 
 def sample_inputs(name, count=4):
     """A few held-out test inputs for a registered model, as a numpy array."""
-    x, _ = TASKS[_model_entry(name).task].load("test")
+    x, _ = TASKS[_model_entry(registry.entry(name)).task].load("test")
     return np.asarray(x[:count])
 
 
@@ -263,7 +263,7 @@ def train(
     Returns:
         `(model, metadata)`.
     """
-    item = _model_entry(entry.name)
+    item = _model_entry(entry)
     name, task = item.name, TASKS[item.task]
     target = presets.training_target(name, zoo_dir, overwrite)
     epochs = presets.epochs_or_default(epochs, task.epochs)
@@ -338,7 +338,7 @@ def train(
 def evaluate(entry, verbose=0):
     """Scores the zoo's preset of a model on its task's test split (the model
     kind's hook; `kzoo.zoo.evaluate(name)` calls it)."""
-    item = _model_entry(entry.name)
+    item = _model_entry(entry)
     return score(get(item.name, weights="pretrained"), item.task, verbose=verbose)
 
 
@@ -348,7 +348,7 @@ def export(entry, base_dir="saved_models", version=None):
     version directory."""
     from kzoo import serving
 
-    item = _model_entry(entry.name)
+    item = _model_entry(entry)
     model = get(item.name, weights="pretrained")
     inputs = {model.inputs[0].name: sample_inputs(item.name)}
     return serving.export(model, base_dir, version=version, sample_inputs=inputs)

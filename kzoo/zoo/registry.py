@@ -15,6 +15,8 @@ import fnmatch
 import importlib
 from collections.abc import Mapping
 
+from kzoo.zoo import presets
+
 
 @dataclasses.dataclass(frozen=True)
 class Kind:
@@ -113,8 +115,6 @@ def list_entries(filter=None, kind=None, pretrained=None):
     >>> list_entries("lstm_optimizer_*")
     ['lstm_optimizer_digits_mlp', 'lstm_optimizer_quadratic']
     """
-    from kzoo.zoo import presets
-
     names = sorted(
         n
         for n, item in _REGISTRY.items()
