@@ -1,17 +1,27 @@
 """Segmentation: the texture-scenes data set, FCN and RWN, their zoo presets and export."""
 
+import json
+import shutil
+
+import keras
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 from kzoo import applications
 from kzoo import serving
+from kzoo.compat import ObjectSharingScope
 from kzoo.datasets import texture_scenes
 from kzoo.zoo import models
 from kzoo.zoo import presets
 from kzoo.zoo.tasks import TASKS
 
-PRETRAINED = ["fcn_texture_scenes", "rwn_texture_scenes"]
+PRETRAINED = [
+    "fcn_texture_scenes",
+    "rwn_texture_scenes",
+    "deeplabv3plus_texture_scenes",
+    "rwn_deeplabv3plus_texture_scenes",
+]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +114,7 @@ def test_pretrained_segmenters_reproduce_recorded_metrics(name, test_split):
     model = applications.get(name, weights="pretrained")
     results = models.score(model, "texture_scenes", verbose=0)
     recorded = presets.read_metadata(name)[1]["metrics"]["test"]
-    key = "mean_iou" if name.startswith("fcn") else "segmentation_logits_mean_iou"
+    key = "segmentation_logits_mean_iou" if name.startswith("rwn") else "mean_iou"
     np.testing.assert_allclose(results[key], recorded[key], rtol=1e-3)
     assert results[key] > 0.5
 
@@ -129,3 +139,92 @@ def test_rwn_exports_and_verifies_in_a_tensorflow_only_process(
     assert report.inputs == {"image": ["float32", [None, 64, 64, 3]]}
     assert set(report.outputs) == {"segmentation_logits", "affinities"}
     assert max(report.max_abs_diff.values()) < 1e-3
+
+
+def _deserialized(model):
+    """`model` rebuilt from its JSON config in safe mode (as presets and
+    `.keras` files are), with its weights."""
+    config = json.loads(json.dumps(keras.saving.serialize_keras_object(model)))
+    with ObjectSharingScope():
+        clone = keras.saving.deserialize_keras_object(config, safe_mode=True)
+    clone.set_weights(model.get_weights())
+    return clone
+
+
+@pytest.mark.multibackend
+@pytest.mark.parametrize(
+    "builder", [applications.FCN, applications.RWN, applications.EMANet, applications.HEMNet]
+)
+def test_deeplabv3plus_backbone_builds_fits_and_survives_serialization(builder):
+    """keras-cv's DeepLabV3+ on a config-built ResNetV2 under each segmenter:
+    logits at full resolution, one fit step, and a safe-mode config round trip
+    that keeps its name (the transfer of weights by name needs it), its frozen
+    final batch norm and its outputs."""
+    model = builder(backbone="deeplabv3plus", width=4, num_classes=3)
+    deeplab = model.get_layer("deeplabv3plus")
+    assert type(deeplab).__mro__[1].__module__.startswith("keras_cv")
+    assert not deeplab.backbone.get_layer("post_bn").trainable
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(2, 64, 64, 3)).astype("float32")
+    y = rng.integers(0, 3, size=(2, 64, 64)).astype("int32")
+    task = TASKS["texture_scenes"]
+    task.compile(model, "sgd")
+    history = model.fit(x, task.targets(model, y), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+    clone = _deserialized(model)
+    assert clone.get_layer("deeplabv3plus").name == "deeplabv3plus"
+    assert len(clone.trainable_weights) == len(model.trainable_weights)
+    out, again = model.predict(x, verbose=0), clone.predict(x, verbose=0)
+    out, again = (o if isinstance(o, dict) else {"logits": o} for o in (out, again))
+    assert out["segmentation_logits" if builder is applications.RWN else "logits"].shape == (
+        2,
+        64,
+        64,
+        3,
+    )
+    for key in out:
+        np.testing.assert_allclose(again[key], out[key], atol=1e-5)
+
+
+def test_deeplabv3plus_rwn_has_its_own_full_resolution_affinity_features():
+    model = applications.RWN(backbone="deeplabv3plus", width=4)
+    assert model.get_layer("affinities").count_params() == 3 + 2 * 4
+    assert model.get_layer("affinity_conv2").output.shape == (None, 64, 64, 4)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (
+            {"backbone": "vgg16"},
+            r"FCN: backbone must be one of 'fcn', 'deeplabv3plus'; got 'vgg16'",
+        ),
+        (
+            {"backbone": "deeplabv3plus", "image_size": 48},
+            r"FCN: with backbone='deeplabv3plus', image_size must be an int multiple of 32; got 48",
+        ),
+        (
+            {"backbone": "deeplabv3plus", "image_size": None},
+            r"image_size must be an int multiple of 32; got None",
+        ),
+        ({"image_size": 60}, r"image_size must be None or an int multiple of 8; got 60"),
+    ],
+)
+def test_bad_backbone_arguments_name_the_builder(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        applications.FCN(**kwargs)
+
+
+def test_presets_load_only_into_their_backbone(tmp_path):
+    with pytest.raises(applications.PresetError, match="backbone: preset 'fcn' vs requested"):
+        applications.FCN(backbone="deeplabv3plus", weights="fcn_texture_scenes")
+    # A preset saved before `backbone` existed records no backbone: it counts
+    # as the default, the FCN, and still refuses the DeepLabV3+.
+    old = tmp_path / "old_fcn"
+    shutil.copytree(presets.resolve("fcn_texture_scenes"), old)
+    metadata = json.loads((old / "metadata.json").read_text())
+    del metadata["builder_args"]["backbone"]
+    (old / "metadata.json").write_text(json.dumps(metadata))
+    assert applications.FCN(weights=str(old)).count_params() == 155957
+    with pytest.raises(applications.PresetError, match="backbone: preset 'fcn'"):
+        applications.FCN(backbone="deeplabv3plus", weights=str(old))

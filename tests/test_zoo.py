@@ -17,15 +17,19 @@ pytestmark = pytest.mark.multibackend  # presets load, evaluate and train on eve
 
 PRETRAINED = [
     "deep_o2p_texture_patches",
+    "deeplabv3plus_texture_scenes",
+    "emanet_deeplabv3plus_texture_scenes",
     "emanet_texture_scenes",
     "fcn_texture_scenes",
     "first_order_texture_patches",
+    "hemnet_deeplabv3plus_texture_scenes",
     "hemnet_texture_scenes",
     "lnlstm_char_lm",
     "lnlstm_digits",
     "lstm_char_lm",
     "lstm_digits",
     "resnet_texture_patches",
+    "rwn_deeplabv3plus_texture_scenes",
     "rwn_texture_scenes",
     "shared_basis_resnet_texture_patches",
     "unrolled_em_texture_scenes",
@@ -256,7 +260,7 @@ def test_from_preset_returns_a_compiled_model_that_scores_its_record():
     np.testing.assert_allclose(results["accuracy"], recorded["accuracy"], atol=2e-3)
     assert not applications.LNLSTMClassifier.from_preset("lnlstm_digits", compile=False).compiled
     assert set(applications.LNLSTMClassifier.presets) == {"lnlstm_digits"}
-    assert set(applications.FCN.presets) == {"fcn_texture_scenes"}
+    assert set(applications.FCN.presets) == {"fcn_texture_scenes", "deeplabv3plus_texture_scenes"}
     with pytest.raises(applications.PresetError, match="holds a LSTMClassifier, not a LNLSTM"):
         applications.LNLSTMClassifier.from_preset("lstm_digits")
 

@@ -1,7 +1,9 @@
-"""EM-attention segmenters: EMANet-style and HEMNet, on the zoo's FCN.
+"""EM-attention segmenters: EMANet-style and HEMNet, on the zoo's FCN or DeepLabV3+.
 
-Both put an EM attention module on the FCN's 1/8-resolution features (after
-fc6, before the classifier), as EMANet does on its backbone:
+Both put an EM attention module on the features the classifier reads, as
+EMANet does on its backbone: the FCN's 1/8-resolution features (after fc6),
+or DeepLabV3+'s stride-4 decoder features (after the head's 1x1 convolution;
+see `kzoo.applications.segmentation`):
 
 - `EMANet`: `EMAttention`, gradients stopped through the EM iterations
   (`stop_gradient=False` gives the unrolled-EM baseline);
@@ -23,6 +25,7 @@ def EMANet(
     num_classes=texture_scenes.NUM_CLASSES,
     image_size=texture_scenes.IMAGE_SIZE,
     width=16,
+    backbone="fcn",
     num_bases=16,
     iterations=3,
     stop_gradient=True,
@@ -33,7 +36,8 @@ def EMANet(
     Args:
         num_classes: number of classes.
         image_size: input height and width.
-        width: channels of the FCN's first block.
+        width: the backbone's width (see `kzoo.applications.FCN`).
+        backbone: `"fcn"` or `"deeplabv3plus"` (see `kzoo.applications.FCN`).
         num_bases: EM bases K.
         iterations: EM iterations T.
         stop_gradient: EMANet's stopped gradients through the iterations;
@@ -47,7 +51,9 @@ def EMANet(
     (None, 64, 64, 5)
     """
     module = EMAttention(num_bases, iterations, stop_gradient=stop_gradient, name="em_attention")
-    return logits_segmenter(num_classes, image_size, width, name, context=module)
+    return logits_segmenter(
+        num_classes, image_size, width, name, backbone, "EMANet", context=module
+    )
 
 
 @preset_builder()
@@ -55,6 +61,7 @@ def HEMNet(
     num_classes=texture_scenes.NUM_CLASSES,
     image_size=texture_scenes.IMAGE_SIZE,
     width=16,
+    backbone="fcn",
     num_bases=16,
     iterations=3,
     gamma=0.5,
@@ -66,7 +73,8 @@ def HEMNet(
     Args:
         num_classes: number of classes.
         image_size: input height and width.
-        width: channels of the FCN's first block.
+        width: the backbone's width (see `kzoo.applications.FCN`).
+        backbone: `"fcn"` or `"deeplabv3plus"` (see `kzoo.applications.FCN`).
         num_bases: EM bases K.
         iterations: EM iterations T.
         gamma: M-step size (initial value if learnable).
@@ -82,4 +90,6 @@ def HEMNet(
     module = HighwayEM(
         num_bases, iterations, gamma=gamma, learnable_gamma=learnable_gamma, name="highway_em"
     )
-    return logits_segmenter(num_classes, image_size, width, name, context=module)
+    return logits_segmenter(
+        num_classes, image_size, width, name, backbone, "HEMNet", context=module
+    )

@@ -9,6 +9,7 @@ import sys
 
 import keras
 
+import kzoo.applications  # noqa: F401  (registers kzoo's and keras-cv's models with Keras)
 import kzoo.layers  # noqa: F401  (registers kzoo's serializable classes with Keras)
 import kzoo.optimizers  # noqa: F401
 from kzoo.serving.export import _write_saved_model

@@ -41,6 +41,9 @@ def preset_builder(free_args=()):
 
     def decorate(build):
         signature = inspect.signature(build)
+        defaults = {
+            k: p.default for k, p in signature.parameters.items() if p.default is not p.empty
+        }
 
         @functools.wraps(build)
         def builder(*args, weights=None, **kwargs):
@@ -51,7 +54,9 @@ def preset_builder(free_args=()):
                 checked = {
                     k: v for k, v in preset_args(bound.arguments).items() if k not in free_args
                 }
-                presets.load_weights(model, weights, builder=build.__name__, builder_args=checked)
+                presets.load_weights(
+                    model, weights, build.__name__, builder_args=checked, defaults=defaults
+                )
             return model
 
         builder.free_args = tuple(free_args)

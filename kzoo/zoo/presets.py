@@ -224,7 +224,7 @@ def read_metadata(preset, kind="model"):
     return directory, metadata
 
 
-def load_weights(model, preset, builder=None, builder_args=None):
+def load_weights(model, preset, builder=None, builder_args=None, defaults=None):
     """Loads a verified preset's weights into `model`.
 
     Args:
@@ -232,6 +232,9 @@ def load_weights(model, preset, builder=None, builder_args=None):
         preset: preset name or directory.
         builder: if given, the builder name the preset must have been made by.
         builder_args: if given, the builder arguments the preset must match.
+        defaults: the builder's defaults: an argument the preset does not
+            record (added to the builder after the preset was saved) counts
+            as its default.
 
     Raises:
         PresetError: on any verification failure or weight mismatch.
@@ -243,7 +246,7 @@ def load_weights(model, preset, builder=None, builder_args=None):
             f"{metadata.get('builder')}, not of {builder}."
         )
     if builder_args is not None:
-        recorded = metadata.get("builder_args", {})
+        recorded = {**(defaults or {}), **metadata.get("builder_args", {})}
         diff = {
             k: (recorded.get(k), v)
             for k, v in builder_args.items()
@@ -274,7 +277,8 @@ def load_preset(preset):
     directory, _ = read_metadata(preset)
     import keras
 
-    import kzoo.layers  # noqa: F401  (registers kzoo's classes with Keras)
+    import kzoo.applications  # noqa: F401  (registers kzoo's and keras-cv's models)
+    import kzoo.layers  # noqa: F401  (registers kzoo's layers with Keras)
     from kzoo.compat import ObjectSharingScope
 
     try:

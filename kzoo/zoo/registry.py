@@ -277,6 +277,44 @@ register(
     description="FCN + EM attention, gradients through the iterations (baseline)",
     stop_gradient=False,
 )
+# The same four segmenters on keras-cv's DeepLabV3+ (a ResNetV2 of 8-16-24-32
+# bottleneck filters; 261k parameters against the FCN's 156k), trained alike.
+_DEEPLAB = {"backbone": "deeplabv3plus", "width": 8}
+register(
+    "deeplabv3plus_texture_scenes",
+    "model",
+    _APPS + "segmentation:FCN",
+    task=_SCENES,
+    description="keras-cv DeepLabV3+ on a small ResNetV2, texture scenes",
+    **_DEEPLAB,
+)
+register(
+    "rwn_deeplabv3plus_texture_scenes",
+    "model",
+    _APPS + "segmentation:RWN",
+    task=_SCENES,
+    description="DeepLabV3+ + pixel affinity + one-step random walk (R=5)",
+    init_from="deeplabv3plus_texture_scenes",
+    walk_mode="step",
+    walk_radius=5,
+    **_DEEPLAB,
+)
+register(
+    "emanet_deeplabv3plus_texture_scenes",
+    "model",
+    _APPS + "em_segmentation:EMANet",
+    task=_SCENES,
+    description="DeepLabV3+ + EMANet attention on its decoder (K=16, T=3)",
+    **_DEEPLAB,
+)
+register(
+    "hemnet_deeplabv3plus_texture_scenes",
+    "model",
+    _APPS + "em_segmentation:HEMNet",
+    task=_SCENES,
+    description="DeepLabV3+ + HighwayEM on its decoder (K=16, T=3)",
+    **_DEEPLAB,
+)
 register(
     "deep_o2p_texture_patches",
     "model",
