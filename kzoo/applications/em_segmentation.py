@@ -2,7 +2,7 @@
 
 Both put an EM attention module on the features the classifier reads, as
 EMANet does on its backbone: the FCN's 1/8-resolution features (after fc6),
-or DeepLabV3+'s stride-4 decoder features (after the head's 1x1 convolution;
+or DeepLabV3+'s stride-4 decoder features (after the head's 3x3 convolution;
 see `kzoo.applications.segmentation`):
 
 - `EMANet`: `EMAttention`, gradients stopped through the EM iterations

@@ -36,8 +36,6 @@ from kzoo.layers import PixelAffinity
 from kzoo.layers import RandomWalk
 from kzoo.zoo.models import preset_builder
 
-BACKBONES = ("fcn", "deeplabv3plus")
-
 # Builder arguments that select the walk, not the weights: an RWN preset loads
 # into a model built with any of them.
 WALK_ARGS = ("walk_mode", "walk_radius", "alpha", "walk_steps", "walk_implementation")
@@ -145,25 +143,29 @@ def _deeplabv3plus(image, width, num_classes, context=None):
     return None, deeplab(image)
 
 
+# backbone -> (builder of (early features or None, logits), output stride)
+BACKBONES = {"fcn": (_fcn, 8), "deeplabv3plus": (_deeplabv3plus, 32)}
+
+
 def segmenter(image, backbone, width, num_classes, builder, context=None):
     """The `backbone`'s (early features or `None`, class logits) on `image`.
 
     `context`, a layer, goes on the features the classifier reads (the FCN's
     1/8-resolution ones, DeepLabV3+'s stride-4 decoder features).
     """
-    if backbone not in BACKBONES:
+    if not isinstance(backbone, str) or backbone not in BACKBONES:
         raise ValueError(
             f"{builder}: backbone must be one of {', '.join(map(repr, BACKBONES))}; "
             f"got {backbone!r}."
         )
-    size, stride = image.shape[1], 8 if backbone == "fcn" else 32
-    if (size is None and backbone != "fcn") or (size is not None and size % stride):
-        need = "an int" if backbone != "fcn" else "None or an int"
+    build, stride = BACKBONES[backbone]
+    size, any_size = image.shape[1], backbone == "fcn"  # the FCN is fully convolutional
+    if (size is None and not any_size) or (size is not None and size % stride):
+        need = "None or an int" if any_size else "an int"
         raise ValueError(
             f"{builder}: with backbone={backbone!r}, image_size must be {need} multiple of "
             f"{stride}; got {size}."
         )
-    build = _fcn if backbone == "fcn" else _deeplabv3plus
     return build(image, width, num_classes, context=context)
 
 
