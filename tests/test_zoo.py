@@ -282,6 +282,23 @@ def test_a_new_head_keeps_the_pretrained_body_and_fine_tunes():
     assert segmenter.output_shape == (None, 64, 64, 3) and segmenter.compiled
 
 
+def test_a_new_head_reaches_into_a_nested_keras_cv_model():
+    # keras-cv's DeepLabV3Plus is one nested layer with auto-named inner
+    # models; everything but its classifier must keep the preset's weights.
+    pretrained = applications.FCN.from_preset("deeplabv3plus_texture_scenes", compile=False)
+    model = applications.FCN.from_preset(
+        "deeplabv3plus_texture_scenes", num_classes=3, compile=False
+    )
+    assert model.output_shape == (None, 64, 64, 3)
+    new, old = model.weights, pretrained.weights
+    assert len(new) == len(old)
+    differ = [a.path for a, b in zip(new, old) if tuple(a.shape) != tuple(b.shape)]
+    assert len(differ) == 2 and all("classifier" in path for path in differ)
+    for a, b in zip(new, old):
+        if tuple(a.shape) == tuple(b.shape):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=a.path)
+
+
 def test_list_models_filters_by_glob_and_pretrained():
     assert applications.list_models("*_char_lm") == ["lnlstm_char_lm", "lstm_char_lm"]
     assert set(applications.list_models(pretrained=True)) == set(PRETRAINED)

@@ -133,8 +133,16 @@ def from_preset(builder, preset, num_classes=None, compile=True, **kwargs):
 
 
 def transfer_weights(source, target):
-    """Copies the weights of `source`'s layers into `target`'s same-named
-    layers whose weights have the same shapes; returns the names copied."""
+    """Copies `source`'s weights into `target` wherever their shapes agree.
+
+    Top-level layers are paired by name. A pair whose weights differ in shape
+    (e.g. a nested model around a replaced classifier) is descended into when
+    both are containers of the same class with as many sublayers: those are
+    paired by position, since nested models are auto-named per instance.
+
+    Returns:
+        The `/`-joined paths of the layers copied.
+    """
     copied = []
     for layer in target.layers:
         if not layer.weights:
@@ -143,11 +151,22 @@ def transfer_weights(source, target):
             other = source.get_layer(layer.name)
         except ValueError:
             continue
-        values = other.get_weights()
-        if [tuple(v.shape) for v in layer.weights] == [v.shape for v in values]:
-            layer.set_weights(values)
-            copied.append(layer.name)
+        _transfer_layer(other, layer, layer.name, copied)
     return copied
+
+
+def _transfer_layer(source, target, path, copied):
+    values = source.get_weights()
+    if [tuple(v.shape) for v in target.weights] == [v.shape for v in values]:
+        target.set_weights(values)
+        copied.append(path)
+        return
+    inner, other_inner = getattr(target, "layers", None), getattr(source, "layers", None)
+    if type(source) is not type(target) or not inner or len(inner) != len(other_inner or []):
+        return
+    for layer, other in zip(inner, other_inner):
+        if layer.weights and type(layer) is type(other):
+            _transfer_layer(other, layer, f"{path}/{layer.name}", copied)
 
 
 def _model_entry(item):
