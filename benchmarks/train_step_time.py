@@ -1,9 +1,13 @@
-"""Train-step time of `LayerNormLSTM` vs `keras.layers.LSTM`, per backend.
+"""Train-step time of kzoo's LN recurrent layers vs `keras.layers.LSTM`/`GRU`.
 
-Same model around the recurrent layer (the char LM's: embedding 32, 256 units,
-softmax over 99 characters; and the digits classifier's: 64 units), same batch,
-same optimizer; the median wall time of `train_on_batch` after warm-up.
-Each backend runs in its own process.
+The zoo's two recurrent models (the char LM: embedding 32, 256 units, softmax
+over the character ids; the digits classifier: 8 rows of 8 pixels, 64 units,
+10 classes) with each recurrent layer in turn: `keras.layers.LSTM`,
+`LayerNormLSTM` with its input projection computed inside the loop
+(`precompute_inputs=False`) and for the whole sequence before it
+(`precompute_inputs=True`), and the same for `keras.layers.GRU` and
+`LayerNormGRU`. Same batch, Adam; the median wall time of `train_on_batch`
+after warm-up. Each backend runs in its own process.
 
     python benchmarks/train_step_time.py [--backends tensorflow jax torch]
 
@@ -20,44 +24,75 @@ from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CONFIGS = {
-    # name: (zoo LN model, zoo plain model, batch, sequence length)
-    "char_lm_256u_b64_t64": ("lnlstm_char_lm", "lstm_char_lm", 64, 64),
-    "digits_64u_b32_t8": ("lnlstm_digits", "lstm_digits", 32, 8),
+    # name: (units, batch, sequence length, input: vocabulary size or features)
+    "char_lm_256u_b64_t64": (256, 64, 64, "chars"),
+    "digits_64u_b32_t8": (64, 32, 8, 8),
 }
+VARIANTS = ("keras", "ln_in_loop", "ln_precomputed")
+
+
+def _layer(family, variant, units, return_sequences):
+    import keras
+
+    from kzoo import layers
+
+    if variant == "keras":
+        return getattr(keras.layers, family)(units, return_sequences=return_sequences)
+    layer_cls = {"LSTM": layers.LayerNormLSTM, "GRU": layers.LayerNormGRU}[family]
+    return layer_cls(
+        units,
+        return_sequences=return_sequences,
+        precompute_inputs=variant == "ln_precomputed",
+    )
+
+
+def _model(family, variant, units, length, source):
+    import keras
+
+    from kzoo.datasets import stdlib_text
+
+    if source == "chars":
+        vocab = stdlib_text.VOCAB_SIZE
+        inputs = keras.Input((length,), dtype="int32")
+        x = keras.layers.Embedding(vocab, 32)(inputs)
+        x = _layer(family, variant, units, True)(x)
+        return keras.Model(inputs, keras.layers.Dense(vocab, activation="softmax")(x)), vocab
+    inputs = keras.Input((length, source))
+    x = _layer(family, variant, units, False)(inputs)
+    return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x)), None
 
 
 def measure(steps):
     import keras
     import numpy as np
 
-    from kzoo import applications
-
     timings = {}
-    for config, (ln_name, plain_name, batch, length) in CONFIGS.items():
+    for config, (units, batch, length, source) in CONFIGS.items():
         rng = np.random.default_rng(0)
-        row = {}
-        for label, name in (("ln_lstm", ln_name), ("lstm", plain_name)):
-            keras.utils.set_random_seed(0)
-            model = applications.get(name)
-            shape = model.inputs[0].shape
-            if "int" in str(model.inputs[0].dtype):
-                x = rng.integers(2, 99, size=(batch, length)).astype("int32")
-                y = rng.integers(2, 99, size=(batch, length)).astype("int32")
-            else:
-                x = rng.uniform(size=(batch, *shape[1:])).astype("float32")
-                y = rng.integers(0, 10, size=(batch,)).astype("int32")
-            model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
-            for _ in range(5):
-                model.train_on_batch(x, y)
-            times = []
-            for _ in range(steps):
-                start = time.perf_counter()
-                model.train_on_batch(x, y)
-                times.append(time.perf_counter() - start)
-            row[label] = 1000 * float(np.median(times))
-        row["ratio"] = row["ln_lstm"] / row["lstm"]
-        timings[config] = row
-        print(keras.backend.backend(), config, row, file=sys.stderr)
+        for family in ("LSTM", "GRU"):
+            row = {}
+            for variant in VARIANTS:
+                keras.utils.set_random_seed(0)
+                model, vocab = _model(family, variant, units, length, source)
+                if vocab:
+                    x = rng.integers(2, vocab, size=(batch, length)).astype("int32")
+                    y = rng.integers(2, vocab, size=(batch, length)).astype("int32")
+                else:
+                    x = rng.uniform(size=(batch, length, source)).astype("float32")
+                    y = rng.integers(0, 10, size=(batch,)).astype("int32")
+                model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+                for _ in range(5):
+                    model.train_on_batch(x, y)
+                times = []
+                for _ in range(steps):
+                    start = time.perf_counter()
+                    model.train_on_batch(x, y)
+                    times.append(time.perf_counter() - start)
+                row[variant] = 1000 * float(np.median(times))
+            for variant in VARIANTS[1:]:
+                row[f"ratio_{variant}"] = row[variant] / row["keras"]
+            timings[f"{family}/{config}"] = row
+            print(keras.backend.backend(), family, config, row, file=sys.stderr)
     return timings
 
 
@@ -86,8 +121,10 @@ def main():
     for backend in args.backends:
         for config, row in results[backend].items():
             print(
-                f"{backend:10s} {config:24s} LN-LSTM {row['ln_lstm']:8.1f} ms  "
-                f"LSTM {row['lstm']:8.1f} ms  ratio {row['ratio']:.2f}"
+                f"{backend:10s} {config:26s} keras {row['keras']:7.1f} ms  "
+                f"LN in loop {row['ln_in_loop']:7.1f} ({row['ratio_ln_in_loop']:.2f}x)  "
+                f"LN precomputed {row['ln_precomputed']:7.1f} "
+                f"({row['ratio_ln_precomputed']:.2f}x)"
             )
 
 

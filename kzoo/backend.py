@@ -19,7 +19,9 @@ express is here:
   `tf.distribute.MirroredStrategy` (or `MultiWorkerMirroredStrategy` when
   `TF_CONFIG` is set) on TensorFlow; Keras has no engine for PyTorch;
 - custom gradients with one calling convention (`custom_gradient`), and
-  whether a tensor holds values that can be checked now (`is_concrete`).
+  whether a tensor holds values that can be checked now (`is_concrete`);
+- whether recurrent layers should compute their state-free inputs for the
+  whole sequence before the loop (`precomputes_rnn_inputs`).
 """
 
 import contextlib
@@ -457,3 +459,16 @@ def is_concrete(x):
 
         return not (isinstance(x, torch.Tensor) and x.device.type == "meta")
     return True
+
+
+def precomputes_rnn_inputs():
+    """Whether kzoo's recurrent layers precompute their inputs by default.
+
+    Computing the input projection (and its normalization) of every time step
+    before the loop removes ops from each step. That wins on PyTorch, whose
+    loop dispatches every op eagerly; on TensorFlow and JAX (compiled loops)
+    it measured slower on CPU, because the per-step working set no longer
+    stays in cache and the backward pass stacks a `(time, batch, 4 * units)`
+    gradient (BENCHMARKS.md, "Train-step time").
+    """
+    return keras.backend.backend() == "torch"

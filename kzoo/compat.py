@@ -7,6 +7,10 @@ moves or changes one of them. Nothing else in kzoo imports `keras.src`.
 - `DropoutRNNCell`: the mixin that gives an RNN cell Keras' own dropout and
   recurrent-dropout masks (one mask per sequence, as `keras.layers.LSTMCell`
   uses); the layer-normalized cells subclass it.
+- `rnn`: the backend's recurrent loop (`keras.layers.RNN.inner_loop` runs
+  it: masking, `go_backwards`, `unroll`, `lax.scan` on JAX); the
+  layer-normalized sequence layers run it over inputs they have already
+  projected for every time step at once.
 - `ObjectSharingScope`: inside it, Keras' (de)serialization records an object
   used by several layers once and restores it shared, as the `.keras` format
   does; presets use it so a `FilterBasis` stays shared.
@@ -18,10 +22,11 @@ moves or changes one of them. Nothing else in kzoo imports `keras.src`.
   every layer through. Imported on first use: the library never needs it.
 """
 
+from keras.src.backend import rnn
 from keras.src.layers.rnn.dropout_rnn_cell import DropoutRNNCell
 from keras.src.saving.serialization_lib import ObjectSharingScope
 
-__all__ = ["DropoutRNNCell", "ObjectSharingScope", "flatten_layers"]  # and TestCase, lazily
+__all__ = ["DropoutRNNCell", "ObjectSharingScope", "flatten_layers", "rnn"]  # and TestCase, lazily
 
 
 def flatten_layers(model):

@@ -24,6 +24,13 @@ def test_the_keras_internals_kzoo_uses_are_there():
     inner = keras.layers.Dense(2)
     model = keras.Sequential([keras.Input((3,)), keras.Sequential([inner])])
     assert inner in compat.flatten_layers(model), "Layer._flatten_layers changed"
+    sequences = keras.ops.ones((2, 3, 1))
+    last, outputs, states = compat.rnn(
+        lambda x, states: (x + states[0], [x + states[0]]), sequences, [keras.ops.zeros((2, 1))]
+    )
+    assert keras.ops.convert_to_numpy(outputs)[:, :, 0].tolist() == [[1, 2, 3]] * 2, (
+        "the backend rnn loop changed"
+    )
     harness = getattr(compat.TestCase, "run_layer_test", None)
     assert callable(harness), "Keras' TestCase lost run_layer_test"
 

@@ -208,6 +208,29 @@ class LayerNormRNNTest(TestCase):
         stateful(x[:, :3])
         self.assertAllClose(stateful(x[:, 3:]), whole(x), atol=1e-6)
 
+    @parameterized.named_parameters(("lstm", "lstm"), ("gru", "gru"), ("simple", "simple"))
+    def test_projecting_the_whole_sequence_matches_stepping(self, kind):
+        # precompute_inputs=True projects every time step at once; a cell
+        # inside keras.layers.RNN projects step by step. Same masks (dropout, padding),
+        # same direction, same numbers.
+        layer_cls = LAYERS[kind][0]
+        x = np.random.default_rng(3).normal(size=(3, 6, 5)).astype("float32")
+        x[0, 4:] = 0.0
+        args = {"dropout": 0.3, "recurrent_dropout": 0.3, "seed": 5}
+        rnn_args = {"return_sequences": True, "go_backwards": True}
+        hoisted = layer_cls(4, precompute_inputs=True, **args, **rnn_args)
+        stepped = keras.layers.RNN(layer_cls.cell_class(4, **args), **rnn_args)
+        hoisted(x)
+        stepped(x)
+        stepped.set_weights(_randomize(hoisted))
+        mask = keras.ops.convert_to_tensor(np.abs(x).sum(-1) > 0)
+        for training in (False, True):
+            self.assertAllClose(
+                hoisted(x, mask=mask, training=training),
+                stepped(x, mask=mask, training=training),
+                atol=1e-5,
+            )
+
     def test_dropout_only_in_training(self):
         x = np.ones((4, 5, 6), "float32")
         layer = kl.LayerNormLSTM(8, dropout=0.5, recurrent_dropout=0.5, seed=0)
@@ -221,7 +244,7 @@ class LayerNormRNNTest(TestCase):
         x = np.random.default_rng(9).normal(size=(2, 5, 3)).astype("float32")
         inputs = keras.Input((5, 3))
         h = kl.LayerNormLSTM(4, return_sequences=True, norm_epsilon=1e-4)(inputs)
-        h = kl.LayerNormGRU(4, return_sequences=True)(h)
+        h = kl.LayerNormGRU(4, return_sequences=True, precompute_inputs=True)(h)
         outputs = keras.layers.RNN(kl.LayerNormSimpleRNNCell(2))(h)
         model = keras.Model(inputs, outputs)
         path = os.path.join(self.get_temp_dir(), "model.keras")
@@ -229,6 +252,7 @@ class LayerNormRNNTest(TestCase):
         restored = keras.saving.load_model(path)
         self.assertAllClose(restored(x), model(x))
         self.assertEqual(restored.layers[1].norm_epsilon, 1e-4)
+        self.assertIs(restored.layers[2].precompute_inputs, True)
 
     def test_mixed_precision(self):
         x = np.random.default_rng(10).normal(size=(2, 5, 3)).astype("float32")
@@ -252,5 +276,7 @@ class LayerNormRNNTest(TestCase):
             kl.LayerNormLSTM(3, name="layer_norm_lstm")(np.zeros((2, 4), "float32"))
         with self.assertRaisesRegex(ValueError, "LayerNormLSTMCell .* expects one time step"):
             kl.LayerNormLSTMCell(3).build((2, 5, 4))
+        with self.assertRaisesRegex(ValueError, "LayerNormGRU: `precompute_inputs`"):
+            kl.LayerNormGRU(3, precompute_inputs="yes")
         with self.assertRaisesRegex(TypeError, "unexpected arguments"):
             kl.LayerNormLSTM(3, bogus=1)

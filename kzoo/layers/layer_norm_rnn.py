@@ -6,10 +6,14 @@ The whole implementation of the paper's recurrent models lives here:
   `layer_norm_gru_step`, `layer_norm_simple_rnn_step`) that compute one time
   step from explicit parameters, so they can be tested alone and reused;
 - thin cells (`LayerNormLSTMCell`, `LayerNormGRUCell`,
-  `LayerNormSimpleRNNCell`) for `keras.layers.RNN`;
+  `LayerNormSimpleRNNCell`) for `keras.layers.RNN`; each step is split into
+  its state-free part (`project`: the input projection and its
+  normalization) and its recurrence (`recur`);
 - convenience sequence layers (`LayerNormLSTM`, `LayerNormGRU`,
   `LayerNormSimpleRNN`) with the usual `return_sequences`, `return_state`,
-  masking, `go_backwards` and `stateful` behaviour of `keras.layers.RNN`.
+  masking, `go_backwards` and `stateful` behaviour of `keras.layers.RNN`,
+  which project the whole sequence at once and loop over the recurrence
+  only.
 
 The equations are those of `docs/equations.md` §S1. The cells never
 subclass `keras.layers.LSTM`/`GRU`: those layers may dispatch to a fused cuDNN
@@ -27,6 +31,8 @@ from keras import regularizers
 
 # Keras' RNN layer resets per-sequence dropout masks only for cells that carry
 # this mixin; it has no public export.
+from kzoo import backend
+from kzoo import compat
 from kzoo.compat import DropoutRNNCell
 from kzoo.layers import contracts
 
@@ -54,6 +60,60 @@ def layer_norm(x, gamma, beta, epsilon=1e-3):
     return ops.layer_normalization(x, gamma, beta, axis=-1, epsilon=epsilon)
 
 
+def layer_norm_lstm_input(inputs, params, epsilon=1e-3):
+    """The state-free part of the LN-LSTM step: `LN_x(x W) + b`.
+
+    It does not depend on the state, so a sequence layer computes it for
+    every time step at once (`inputs` may have any leading axes).
+
+    Args:
+        inputs: `(..., input_dim)`.
+        params: dict with `kernel`, `bias` (or `None`) and the
+            `(gamma, beta)` pair `kernel_norm`.
+        epsilon: layer-norm epsilon.
+
+    Returns:
+        The `(..., 4 * units)` input contribution to the gates.
+    """
+    z = layer_norm(ops.matmul(inputs, params["kernel"]), *params["kernel_norm"], epsilon)
+    if params.get("bias") is not None:
+        z = z + params["bias"]
+    return z
+
+
+def layer_norm_lstm_recurrence(
+    projected,
+    h_prev,
+    c_prev,
+    params,
+    epsilon=1e-3,
+    activation=ops.tanh,
+    recurrent_activation=ops.sigmoid,
+):
+    """The state-dependent part of the LN-LSTM step.
+
+    Args:
+        projected: `(batch, 4 * units)`, `layer_norm_lstm_input` of the step.
+        h_prev: `(batch, units)`, the state fed to the recurrent projection.
+        c_prev: `(batch, units)`.
+        params: dict with `recurrent_kernel` and the `(gamma, beta)` pairs
+            `recurrent_norm`, `state_norm`.
+        epsilon: layer-norm epsilon.
+        activation: activation of the candidate and of the output.
+        recurrent_activation: activation of the gates.
+
+    Returns:
+        `(h_t, c_t)`.
+    """
+    z = projected + layer_norm(
+        ops.matmul(h_prev, params["recurrent_kernel"]), *params["recurrent_norm"], epsilon
+    )
+    z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
+    c = recurrent_activation(z_f) * c_prev + recurrent_activation(z_i) * activation(z_c)
+    h = recurrent_activation(z_o) * activation(layer_norm(c, *params["state_norm"], epsilon))
+    return h, c
+
+
 def layer_norm_lstm_step(
     inputs,
     h_prev,
@@ -73,6 +133,8 @@ def layer_norm_lstm_step(
         c_t = sigma(f) * c_prev + sigma(i) * tanh(g)
         h_t = sigma(o) * tanh(LN_c(c_t))
 
+    It is `layer_norm_lstm_input` followed by `layer_norm_lstm_recurrence`.
+
     Args:
         inputs: `(batch, input_dim)`.
         h_prev: `(batch, units)`.
@@ -87,18 +149,75 @@ def layer_norm_lstm_step(
     Returns:
         `(h_t, c_t)`.
     """
-    z = layer_norm(ops.matmul(inputs, params["kernel"]), *params["kernel_norm"], epsilon)
-    z = z + layer_norm(
-        ops.matmul(h_prev, params["recurrent_kernel"]),
-        *params["recurrent_norm"],
-        epsilon,
+    projected = layer_norm_lstm_input(inputs, params, epsilon)
+    return layer_norm_lstm_recurrence(
+        projected, h_prev, c_prev, params, epsilon, activation, recurrent_activation
     )
+
+
+def layer_norm_gru_input(inputs, params, epsilon=1e-3):
+    """The state-free part of the LN-GRU step: `[LN_x1(x W_zr) + b, LN_x2(x W_h)]`.
+
+    Args:
+        inputs: `(..., input_dim)`, any leading axes.
+        params: dict with `kernel` (`(input_dim, 3 * units)`), `bias`
+            (`(2 * units,)` or `None`) and the `(gamma, beta)` pairs
+            `gates_kernel_norm`, `candidate_kernel_norm`.
+        epsilon: layer-norm epsilon.
+
+    Returns:
+        The `(..., 3 * units)` input contributions to the gates and the
+        candidate.
+    """
+    x_proj = ops.matmul(inputs, params["kernel"])
+    units = ops.shape(x_proj)[-1] // 3
+    gates = layer_norm(x_proj[..., : 2 * units], *params["gates_kernel_norm"], epsilon)
     if params.get("bias") is not None:
-        z = z + params["bias"]
-    z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
-    c = recurrent_activation(z_f) * c_prev + recurrent_activation(z_i) * activation(z_c)
-    h = recurrent_activation(z_o) * activation(layer_norm(c, *params["state_norm"], epsilon))
-    return h, c
+        gates = gates + params["bias"]
+    candidate = layer_norm(x_proj[..., 2 * units :], *params["candidate_kernel_norm"], epsilon)
+    return ops.concatenate([gates, candidate], axis=-1)
+
+
+def layer_norm_gru_recurrence(
+    projected,
+    h_prev,
+    params,
+    epsilon=1e-3,
+    activation=ops.tanh,
+    recurrent_activation=ops.sigmoid,
+    recurrent_input=None,
+):
+    """The state-dependent part of the LN-GRU step.
+
+    Args:
+        projected: `(batch, 3 * units)`, `layer_norm_gru_input` of the step.
+        h_prev: `(batch, units)`.
+        params: dict with `recurrent_kernel` and the `(gamma, beta)` pairs
+            `gates_recurrent_norm`, `candidate_recurrent_norm`.
+        epsilon: layer-norm epsilon.
+        activation: activation of the candidate.
+        recurrent_activation: activation of the gates.
+        recurrent_input: the state fed to the recurrent projections, when it
+            differs from `h_prev` (recurrent dropout); defaults to `h_prev`.
+
+    Returns:
+        `h_t`.
+    """
+    units = ops.shape(h_prev)[-1]
+    if recurrent_input is None:
+        recurrent_input = h_prev
+    h_proj = ops.matmul(recurrent_input, params["recurrent_kernel"])
+    gates = projected[..., : 2 * units] + layer_norm(
+        h_proj[..., : 2 * units], *params["gates_recurrent_norm"], epsilon
+    )
+    z, r = ops.split(gates, 2, axis=-1)
+    candidate = activation(
+        projected[..., 2 * units :]
+        + recurrent_activation(r)
+        * layer_norm(h_proj[..., 2 * units :], *params["candidate_recurrent_norm"], epsilon)
+    )
+    update = recurrent_activation(z)
+    return (1.0 - update) * h_prev + update * candidate
 
 
 def layer_norm_gru_step(
@@ -119,6 +238,8 @@ def layer_norm_gru_step(
         h_hat  = tanh(LN_x2(x W_h) + sigma(r) * LN_h2(h U_h))
         h_t    = (1 - sigma(z)) * h_prev + sigma(z) * h_hat
 
+    It is `layer_norm_gru_input` followed by `layer_norm_gru_recurrence`.
+
     Args:
         inputs: `(batch, input_dim)`.
         h_prev: `(batch, units)`.
@@ -136,28 +257,21 @@ def layer_norm_gru_step(
     Returns:
         `h_t`.
     """
-    units = ops.shape(h_prev)[-1]
-    if recurrent_input is None:
-        recurrent_input = h_prev
-    x_proj = ops.matmul(inputs, params["kernel"])
-    h_proj = ops.matmul(recurrent_input, params["recurrent_kernel"])
-    gates = layer_norm(
-        x_proj[..., : 2 * units], *params["gates_kernel_norm"], epsilon
-    ) + layer_norm(h_proj[..., : 2 * units], *params["gates_recurrent_norm"], epsilon)
-    if params.get("bias") is not None:
-        gates = gates + params["bias"]
-    z, r = ops.split(gates, 2, axis=-1)
-    candidate = activation(
-        layer_norm(x_proj[..., 2 * units :], *params["candidate_kernel_norm"], epsilon)
-        + recurrent_activation(r)
-        * layer_norm(
-            h_proj[..., 2 * units :],
-            *params["candidate_recurrent_norm"],
-            epsilon,
-        )
+    projected = layer_norm_gru_input(inputs, params, epsilon)
+    return layer_norm_gru_recurrence(
+        projected, h_prev, params, epsilon, activation, recurrent_activation, recurrent_input
     )
-    update = recurrent_activation(z)
-    return (1.0 - update) * h_prev + update * candidate
+
+
+def layer_norm_simple_rnn_input(inputs, params):
+    """The state-free part of the LN simple-RNN step: `x W` (any leading axes)."""
+    return ops.matmul(inputs, params["kernel"])
+
+
+def layer_norm_simple_rnn_recurrence(projected, h_prev, params, epsilon=1e-3, activation=ops.tanh):
+    """The state-dependent part: `f(LN(projected + h U))`, `projected = x W`."""
+    summed = projected + ops.matmul(h_prev, params["recurrent_kernel"])
+    return activation(layer_norm(summed, *params["norm"], epsilon))
 
 
 def layer_norm_simple_rnn_step(inputs, h_prev, params, epsilon=1e-3, activation=ops.tanh):
@@ -165,7 +279,9 @@ def layer_norm_simple_rnn_step(inputs, h_prev, params, epsilon=1e-3, activation=
 
         h_t = f(LN(x W + h U))
 
-    The normalization's `beta` plays the role of the bias.
+    The normalization's `beta` plays the role of the bias. It is
+    `layer_norm_simple_rnn_input` followed by
+    `layer_norm_simple_rnn_recurrence`.
 
     Args:
         inputs: `(batch, input_dim)`.
@@ -178,8 +294,8 @@ def layer_norm_simple_rnn_step(inputs, h_prev, params, epsilon=1e-3, activation=
     Returns:
         `h_t`.
     """
-    summed = ops.matmul(inputs, params["kernel"]) + ops.matmul(h_prev, params["recurrent_kernel"])
-    return activation(layer_norm(summed, *params["norm"], epsilon))
+    projected = layer_norm_simple_rnn_input(inputs, params)
+    return layer_norm_simple_rnn_recurrence(projected, h_prev, params, epsilon, activation)
 
 
 class _LayerNormCell(keras.layers.Layer, DropoutRNNCell):
@@ -278,12 +394,25 @@ class _LayerNormCell(keras.layers.Layer, DropoutRNNCell):
         )
         return gamma, beta
 
-    def _dropped_inputs(self, inputs, h_prev, training):
+    def project(self, inputs, training=False):
+        """The state-free part of the step, for one step `(batch, features)`
+        or a whole sequence `(batch, time, features)` at once (one dropout
+        mask per sequence, as at every step)."""
         if training and self.dropout > 0:
-            inputs = inputs * self.get_dropout_mask(inputs)
+            if len(inputs.shape) == 3:
+                mask = ops.expand_dims(self.get_dropout_mask(inputs[:, 0]), 1)
+            else:
+                mask = self.get_dropout_mask(inputs)
+            inputs = inputs * mask
+        return self._input_fn(inputs)
+
+    def _recurrent_input(self, h_prev, training):
         if training and self.recurrent_dropout > 0:
-            h_prev = h_prev * self.get_recurrent_dropout_mask(h_prev)
-        return inputs, h_prev
+            return h_prev * self.get_recurrent_dropout_mask(h_prev)
+        return h_prev
+
+    def call(self, inputs, states, training=False):
+        return self.recur(self.project(inputs, training), states, training)
 
     def get_initial_state(self, batch_size=None):
         sizes = self.state_size if isinstance(self.state_size, (list, tuple)) else [self.state_size]
@@ -420,18 +549,19 @@ class LayerNormLSTMCell(_GatedLayerNormCell):
         self.recurrent_norm = self._add_norm("recurrent_norm", 4 * self.units)
         self.state_norm = self._add_norm("state_norm", self.units)
 
-    def call(self, inputs, states, training=False):
+    def _input_fn(self, inputs):
+        params = {"kernel": self.kernel, "bias": self.bias, "kernel_norm": self.kernel_norm}
+        return layer_norm_lstm_input(inputs, params, self.norm_epsilon)
+
+    def recur(self, projected, states, training=False):
+        """The state-dependent part of the step, on `project`'s output."""
         h_prev, c_prev = states
-        inputs, h_in = self._dropped_inputs(inputs, h_prev, training)
-        h, c = layer_norm_lstm_step(
-            inputs,
-            h_in,
+        h, c = layer_norm_lstm_recurrence(
+            projected,
+            self._recurrent_input(h_prev, training),
             c_prev,
             {
-                "kernel": self.kernel,
                 "recurrent_kernel": self.recurrent_kernel,
-                "bias": self.bias,
-                "kernel_norm": self.kernel_norm,
                 "recurrent_norm": self.recurrent_norm,
                 "state_norm": self.state_norm,
             },
@@ -495,25 +625,30 @@ class LayerNormGRUCell(_GatedLayerNormCell):
         self.candidate_kernel_norm = self._add_norm("candidate_kernel_norm", self.units)
         self.candidate_recurrent_norm = self._add_norm("candidate_recurrent_norm", self.units)
 
-    def call(self, inputs, states, training=False):
+    def _input_fn(self, inputs):
+        params = {
+            "kernel": self.kernel,
+            "bias": self.bias,
+            "gates_kernel_norm": self.gates_kernel_norm,
+            "candidate_kernel_norm": self.candidate_kernel_norm,
+        }
+        return layer_norm_gru_input(inputs, params, self.norm_epsilon)
+
+    def recur(self, projected, states, training=False):
+        """The state-dependent part of the step, on `project`'s output."""
         h_prev = states[0] if isinstance(states, (list, tuple)) else states
-        inputs, h_in = self._dropped_inputs(inputs, h_prev, training)
-        h = layer_norm_gru_step(
-            inputs,
+        h = layer_norm_gru_recurrence(
+            projected,
             h_prev,
             {
-                "kernel": self.kernel,
                 "recurrent_kernel": self.recurrent_kernel,
-                "bias": self.bias,
-                "gates_kernel_norm": self.gates_kernel_norm,
                 "gates_recurrent_norm": self.gates_recurrent_norm,
-                "candidate_kernel_norm": self.candidate_kernel_norm,
                 "candidate_recurrent_norm": self.candidate_recurrent_norm,
             },
             self.norm_epsilon,
             self.activation,
             self.recurrent_activation,
-            recurrent_input=h_in,
+            recurrent_input=self._recurrent_input(h_prev, training),
         )
         return h, [h]
 
@@ -556,17 +691,16 @@ class LayerNormSimpleRNNCell(_LayerNormCell):
         self._add_kernels(input_dim, self.units)
         self.norm = self._add_norm("norm", self.units)
 
-    def call(self, inputs, states, training=False):
+    def _input_fn(self, inputs):
+        return layer_norm_simple_rnn_input(inputs, {"kernel": self.kernel})
+
+    def recur(self, projected, states, training=False):
+        """The state-dependent part of the step, on `project`'s output."""
         h_prev = states[0] if isinstance(states, (list, tuple)) else states
-        inputs, h_in = self._dropped_inputs(inputs, h_prev, training)
-        h = layer_norm_simple_rnn_step(
-            inputs,
-            h_in,
-            {
-                "kernel": self.kernel,
-                "recurrent_kernel": self.recurrent_kernel,
-                "norm": self.norm,
-            },
+        h = layer_norm_simple_rnn_recurrence(
+            projected,
+            self._recurrent_input(h_prev, training),
+            {"recurrent_kernel": self.recurrent_kernel, "norm": self.norm},
             self.norm_epsilon,
             self.activation,
         )
@@ -590,7 +724,12 @@ class _LayerNormRNN(keras.layers.RNN):
 
     cell_class = None
 
-    def __init__(self, units, **kwargs):
+    def __init__(self, units, precompute_inputs="auto", **kwargs):
+        if precompute_inputs not in ("auto", True, False):
+            raise ValueError(
+                f"{type(self).__name__}: `precompute_inputs` must be 'auto', True or "
+                f"False, got {precompute_inputs!r}."
+            )
         cell_args = set(inspect.signature(_LayerNormCell.__init__).parameters)
         for klass in inspect.getmro(self.cell_class):
             if "__init__" in vars(klass):
@@ -609,6 +748,7 @@ class _LayerNormRNN(keras.layers.RNN):
             **cell_kwargs,
         )
         super().__init__(cell, **kwargs)
+        self.precompute_inputs = precompute_inputs
         self.input_spec = keras.layers.InputSpec(ndim=3)
 
     def build(self, sequences_shape, initial_state_shape=None):
@@ -619,6 +759,35 @@ class _LayerNormRNN(keras.layers.RNN):
     def call(self, sequences, initial_state=None, mask=None, training=False):
         contracts.check_nonempty(self, sequences, (1,), "at least one time step")
         return super().call(sequences, initial_state=initial_state, mask=mask, training=training)
+
+    def inner_loop(self, sequences, initial_state, mask, training=False):
+        precompute = self.precompute_inputs
+        if precompute == "auto":
+            precompute = backend.precomputes_rnn_inputs()
+        if not precompute:
+            return super().inner_loop(sequences, initial_state, mask, training=training)
+        # The input projection and its normalization do not depend on the
+        # state: one batched op over batch x time, outside the loop, which
+        # keeps only the recurrent product, its normalization and the gates.
+        projected = self.cell.project(sequences, training=training)
+        copy_states = keras.backend.backend() == "torch" and self.stateful
+
+        def step(inputs, states):
+            if copy_states:  # as keras.layers.RNN: no in-place autograd hazard
+                states = [ops.copy(state) for state in states]
+            return self.cell.recur(inputs, states, training=training)
+
+        return compat.rnn(
+            step,
+            projected,
+            list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state],
+            go_backwards=self.go_backwards,
+            mask=mask,
+            unroll=self.unroll,
+            input_length=sequences.shape[1],
+            zero_output_for_mask=self.zero_output_for_mask,
+            return_all_outputs=self.return_sequences,
+        )
 
     @property
     def units(self):
@@ -646,7 +815,7 @@ class _LayerNormRNN(keras.layers.RNN):
         cell_config = {
             k: v for k, v in self.cell.get_config().items() if k not in _BASE_LAYER_CONFIG
         }
-        return {**config, **cell_config}
+        return {**config, **cell_config, "precompute_inputs": self.precompute_inputs}
 
     @classmethod
     def from_config(cls, config):
@@ -660,6 +829,13 @@ class LayerNormLSTM(_LayerNormRNN):
     Takes every argument of `LayerNormLSTMCell` and of `keras.layers.RNN`
     (`return_sequences`, `return_state`, `go_backwards`, `stateful`, `unroll`,
     `zero_output_for_mask`), and supports masking like `keras.layers.LSTM`.
+
+    Args:
+        precompute_inputs: whether to compute the state-free part of every
+            step (input projection and its normalization) for the whole
+            sequence before the loop, as one batched op; the results are the
+            same either way. `"auto"` (default): on PyTorch only, where it
+            measured faster (`kzoo.backend.precomputes_rnn_inputs`).
 
     Contract: `(batch, time, features)` with at least one step and the
     feature size fixed at build (re-checked at every step: another size is a
@@ -680,7 +856,8 @@ class LayerNormLSTM(_LayerNormRNN):
 class LayerNormGRU(_LayerNormRNN):
     """Layer-normalized GRU layer: `keras.layers.RNN(LayerNormGRUCell(...))`.
 
-    Takes every argument of `LayerNormGRUCell` and of `keras.layers.RNN`.
+    Takes every argument of `LayerNormGRUCell` and of `keras.layers.RNN`,
+    and `precompute_inputs` (see `LayerNormLSTM`).
 
     Contract: `(batch, time, features)` with at least one step and the
     feature size fixed at build (re-checked at every step: another size is a
@@ -701,7 +878,7 @@ class LayerNormSimpleRNN(_LayerNormRNN):
     """Layer-normalized simple RNN layer.
 
     Takes every argument of `LayerNormSimpleRNNCell` and of
-    `keras.layers.RNN`.
+    `keras.layers.RNN`, and `precompute_inputs` (see `LayerNormLSTM`).
 
     Contract: `(batch, time, features)` with at least one step and the
     feature size fixed at build (re-checked at every step: another size is a
