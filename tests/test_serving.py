@@ -55,6 +55,56 @@ def test_gru_sequence_model_exports_with_variable_length(tmp_path):
     assert report.outputs == {"forecast": ["float32", [None, None, 2]]}
 
 
+def _two_output_model():
+    inputs = keras.Input((4,), name="features")
+    hidden = keras.layers.Dense(3, name="scores")(inputs)
+    return keras.Model(
+        inputs, {"scores": hidden, "details": keras.layers.Dense(5)(hidden)}, name="two_heads"
+    )
+
+
+@pytest.mark.multibackend
+def test_serving_default_returns_the_chosen_outputs_and_all_outputs_the_rest(tmp_path):
+    import tensorflow as tf
+
+    model = _two_output_model()
+    x = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    path = serving.export(model, tmp_path, sample_inputs={"features": x}, outputs=["scores"])
+    report = serving.verify(path, model=model)
+    assert report.outputs == {"scores": ["float32", [None, 3]]}
+    loaded = tf.saved_model.load(str(path))
+    assert set(loaded.signatures["serving_default"](features=x)) == {"scores"}
+    served = loaded.signatures["all_outputs"](features=x)
+    expected = model(x)
+    for name in ("scores", "details"):
+        np.testing.assert_allclose(served[name], keras.ops.convert_to_numpy(expected[name]), 1e-5)
+    with pytest.raises(ValueError, match="export: `outputs` must name some of"):
+        serving.export(model, tmp_path, outputs=["affinities"])
+    # The all_outputs signature is verified too: a tampered reference of an
+    # output serving_default leaves out is caught.
+    reference = path / "assets.extra" / "kzoo_reference.npz"
+    with np.load(reference) as ref:
+        data = dict(ref)
+    data["output/details"] = data["output/details"] + 1.0
+    np.savez(reference, **data)
+    with pytest.raises(serving.VerificationError, match="'details' differs"):
+        serving.verify(path)
+
+
+def test_the_zoo_serves_the_rwn_segmentation_and_its_affinities_on_request(tmp_path):
+    import tensorflow as tf
+
+    from kzoo.zoo import models as zoo_models
+    from kzoo.zoo import registry
+
+    path = zoo_models.export(registry.entry("rwn_texture_scenes"), tmp_path)
+    assert set(serving.verify(path).outputs) == {"segmentation_logits"}
+    signatures = tf.saved_model.load(str(path)).signatures
+    outputs = signatures["all_outputs"].structured_outputs
+    assert set(outputs) == {"segmentation_logits", "affinities"}
+    assert outputs["affinities"].shape.as_list() == [None, 64, 64, 81]
+
+
 def test_versions_increment_and_are_never_overwritten(tmp_path):
     model = applications.LNLSTMClassifier(units=4, name="digits_model")
     first = serving.export(model, tmp_path)

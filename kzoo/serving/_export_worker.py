@@ -2,7 +2,8 @@
 
 Started by `kzoo.serving.export` when the model lives in a JAX or PyTorch
 process. Usage: KERAS_BACKEND=tensorflow python -m kzoo.serving._export_worker
-MODEL.keras OUTPUT_DIR
+MODEL.keras OUTPUT_DIR [OUTPUT_NAMES]  (comma-separated: what `serving_default`
+returns; default all)
 """
 
 import sys
@@ -18,4 +19,5 @@ if __name__ == "__main__":
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("the export worker needs KERAS_BACKEND=tensorflow")
     model = keras.saving.load_model(sys.argv[1], compile=False, safe_mode=True)
-    _write_saved_model(model, sys.argv[2])
+    outputs = sys.argv[3].split(",") if len(sys.argv) > 3 else None
+    _write_saved_model(model, sys.argv[2], outputs)

@@ -2,7 +2,8 @@
 
 This file is executed as a script in an isolated interpreter (`python -I`): it
 never imports kzoo, as a TF Serving server runs no Python of ours. It prints one
-JSON line (signature, graph problems) and writes the outputs to an .npz file.
+JSON line (signature, graph problems) and writes every signature's outputs
+(`SIGNATURE/OUTPUT`) to an .npz file.
 
 Usage: python -I _verify_worker.py EXPORT_DIR OUTPUT_NPZ
 """
@@ -60,9 +61,9 @@ def serving_nodes(export_dir, signature="serving_default"):
     return nodes
 
 
-def graph_problems(export_dir):
+def graph_problems(export_dir, signatures=("serving_default",)):
     problems = set()
-    for node in serving_nodes(export_dir):
+    for node in (n for signature in signatures for n in serving_nodes(export_dir, signature)):
         if node.op in FORBIDDEN_OPS:
             problems.add(f"graph contains op {node.op} (node {node.name})")
         if node.device:
@@ -101,10 +102,13 @@ def main(export_dir, output_file):
             name: tf.constant(ref[f"input/{name}"], dtype=spec.dtype)
             for name, spec in input_specs.items()
         }
-    outputs = signature(**feeds)
-    np.savez(output_file, **{k: v.numpy() for k, v in outputs.items()})
+    served = {}
+    for name in loaded.signatures:
+        outputs = loaded.signatures[name](**feeds)
+        served.update({f"{name}/{k}": v.numpy() for k, v in outputs.items()})
+    np.savez(output_file, **served)
     latency_ms = {str(b): timing(signature, feeds, b) for b in (1, 64)}
-    problems = graph_problems(export_dir)
+    problems = graph_problems(export_dir, list(loaded.signatures))
     if "kzoo" in sys.modules:
         problems.append("kzoo was imported by the serving process")
     print(

@@ -29,6 +29,7 @@ import keras
 import numpy as np
 
 SIGNATURE = "serving_default"
+ALL_OUTPUTS_SIGNATURE = "all_outputs"
 EXTRA_DIR = "assets.extra"
 REFERENCE_FILE = "kzoo_reference.npz"
 EXPORT_INFO_FILE = "kzoo_export.json"
@@ -96,8 +97,12 @@ def _run_model(model, inputs):
     return {n: _to_numpy(o) for n, o in _named_outputs(model, outputs).items()}
 
 
-def _write_saved_model(model, path):
-    """Writes `model` as a SavedModel (TensorFlow backend only)."""
+def _write_saved_model(model, path, outputs=None):
+    """Writes `model` as a SavedModel (TensorFlow backend only).
+
+    `serving_default` returns `outputs` (default: all of them); when that
+    leaves some out, the `all_outputs` signature returns every output.
+    """
     import tensorflow as tf
 
     specs = [
@@ -105,26 +110,40 @@ def _write_saved_model(model, path):
         for name, shape, dtype in _signature_specs(model)
     ]
 
-    def serve(*args):
-        outputs = model(args[0] if len(args) == 1 else list(args), training=False)
-        return {
-            name: tf.cast(out, tf.float32) if out.dtype in (tf.float16, tf.bfloat16) else out
-            for name, out in _named_outputs(model, outputs).items()
-        }
+    def endpoint(names):
+        def serve(*args):
+            outputs = model(args[0] if len(args) == 1 else list(args), training=False)
+            return {
+                name: tf.cast(out, tf.float32) if out.dtype in (tf.float16, tf.bfloat16) else out
+                for name, out in _named_outputs(model, outputs).items()
+                if names is None or name in names
+            }
+
+        return serve
 
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint(SIGNATURE, serve, input_signature=specs)
+    archive.add_endpoint(SIGNATURE, endpoint(outputs), input_signature=specs)
+    if outputs is not None:
+        archive.add_endpoint(ALL_OUTPUTS_SIGNATURE, endpoint(None), input_signature=specs)
     archive.write_out(str(path), verbose=False)
 
 
-def _export_in_tensorflow_process(model, path):
+def _export_in_tensorflow_process(model, path, outputs=None):
     with tempfile.TemporaryDirectory() as tmp:
         keras_file = Path(tmp) / "model.keras"
         model.save(keras_file)
         env = {**os.environ, "KERAS_BACKEND": "tensorflow"}
+        selected = [] if outputs is None else [",".join(outputs)]
         result = subprocess.run(
-            [sys.executable, "-m", "kzoo.serving._export_worker", str(keras_file), str(path)],
+            [
+                sys.executable,
+                "-m",
+                "kzoo.serving._export_worker",
+                str(keras_file),
+                str(path),
+                *selected,
+            ],
             env=env,
             capture_output=True,
             text=True,
@@ -206,7 +225,13 @@ def write_models_config(base_dir, serving_root="/models"):
 
 
 def export(
-    model, base_dir="saved_models", version=None, name=None, sample_inputs=None, metrics=None
+    model,
+    base_dir="saved_models",
+    version=None,
+    name=None,
+    sample_inputs=None,
+    metrics=None,
+    outputs=None,
 ):
     """Exports a Keras model for TF Serving.
 
@@ -224,6 +249,9 @@ def export(
         metrics: optional dict of metric values recorded beside the version
             (`assets.extra/kzoo_export.json`), e.g. the validation score that
             made `ServingExport` publish it.
+        outputs: names of the outputs `serving_default` returns (default:
+            all). When some are left out, the `all_outputs` signature returns
+            every output, for clients that ask for them.
 
     Returns:
         The `Path` of the new version directory.
@@ -251,6 +279,16 @@ def export(
     if missing:
         raise ValueError(f"export: sample_inputs lacks inputs {sorted(missing)}.")
     reference = _run_model(model, sample_inputs)
+    if outputs is not None:
+        outputs = list(outputs)
+        unknown = [o for o in outputs if o not in reference]
+        if unknown or not outputs:
+            raise ValueError(
+                f"export: `outputs` must name some of model {name!r}'s outputs "
+                f"{sorted(reference)}; got {outputs!r}."
+            )
+        if set(outputs) == set(reference):
+            outputs = None
 
     if version is not None and (
         isinstance(version, bool) or int(version) != version or int(version) < 1
@@ -267,9 +305,9 @@ def export(
     try:
         saved_model_dir = tmp / "model"
         if keras.backend.backend() == "tensorflow":
-            _write_saved_model(model, saved_model_dir)
+            _write_saved_model(model, saved_model_dir, outputs)
         else:
-            _export_in_tensorflow_process(model, saved_model_dir)
+            _export_in_tensorflow_process(model, saved_model_dir, outputs)
         extra = saved_model_dir / EXTRA_DIR
         extra.mkdir(exist_ok=True)
         np.savez(
@@ -282,7 +320,8 @@ def export(
             "version": version,
             "signature": SIGNATURE,
             "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in specs],
-            "outputs": list(reference),
+            "outputs": list(reference) if outputs is None else outputs,
+            "all_outputs": list(reference),
             "source_backend": keras.backend.backend(),
             "keras_version": keras.__version__,
             "metrics": {k: float(v) for k, v in (metrics or {}).items()},
@@ -332,8 +371,8 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
     """Verifies a SavedModel export in a process that never imports kzoo.
 
     The subprocess (`python -I`, TensorFlow only) loads the SavedModel, runs
-    the reference inputs recorded at export time through `serving_default`,
-    and scans the graph. This process then checks that
+    the reference inputs recorded at export time through `serving_default`
+    (and `all_outputs`, when the export has it), and scans the graph. This process then checks that
 
     - the outputs match the Keras model's recorded outputs (and `model`'s
       outputs on the same inputs, if `model` is given);
@@ -380,10 +419,17 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
             )
         worker = json.loads(result.stdout.strip().splitlines()[-1])
         with np.load(out_file) as served_npz:
-            served = dict(served_npz)
+            by_signature = {}
+            for key in served_npz.files:
+                signature, _, output = key.partition("/")
+                by_signature.setdefault(signature, {})[output] = served_npz[key]
     with np.load(reference_file) as ref:
         inputs = {k[len("input/") :]: ref[k] for k in ref.files if k.startswith("input/")}
         expected = {k[len("output/") :]: ref[k] for k in ref.files if k.startswith("output/")}
+    try:
+        info = json.loads((path / EXTRA_DIR / EXPORT_INFO_FILE).read_text())
+    except (OSError, ValueError):
+        info = {}
 
     problems = list(worker["problems"])
     for name in list(worker["inputs"]) + list(worker["outputs"]):
@@ -392,20 +438,32 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
     references = [("recorded Keras outputs", expected)]
     if model is not None:
         references.append(("the given model", _run_model(model, inputs)))
+    # serving_default returns the outputs recorded at export (all, unless
+    # some were left to the all_outputs signature), which returns them all.
+    checks = [(SIGNATURE, info.get("outputs", list(expected)))]
+    if ALL_OUTPUTS_SIGNATURE in by_signature or set(checks[0][1]) != set(expected):
+        checks.append((ALL_OUTPUTS_SIGNATURE, list(expected)))
     diffs = {}
-    for label, outputs in references:
-        if set(outputs) != set(served):
-            problems.append(f"outputs {sorted(served)} differ from {label}' {sorted(outputs)}")
-            continue
-        for key, want in outputs.items():
-            got = served[key]
-            if got.shape != want.shape:
-                problems.append(f"output {key!r}: shape {got.shape} vs {want.shape} ({label})")
+    for label, reference in references:
+        for signature, names in checks:
+            served = by_signature.get(signature, {})
+            outputs = {k: v for k, v in reference.items() if k in names}
+            if set(outputs) != set(served):
+                problems.append(
+                    f"{signature} outputs {sorted(served)} differ from {label}' {sorted(outputs)}"
+                )
                 continue
-            diff = float(np.max(np.abs(got.astype("float64") - want))) if got.size else 0.0
-            diffs[key] = max(diffs.get(key, 0.0), diff)
-            if not np.allclose(got, want, atol=atol, rtol=rtol):
-                problems.append(f"output {key!r} differs from {label} (max abs diff {diff:.3g})")
+            for key, want in outputs.items():
+                got = served[key]
+                if got.shape != want.shape:
+                    problems.append(f"output {key!r}: shape {got.shape} vs {want.shape} ({label})")
+                    continue
+                diff = float(np.max(np.abs(got.astype("float64") - want))) if got.size else 0.0
+                diffs[key] = max(diffs.get(key, 0.0), diff)
+                if not np.allclose(got, want, atol=atol, rtol=rtol):
+                    problems.append(
+                        f"output {key!r} differs from {label} (max abs diff {diff:.3g})"
+                    )
     report = VerifyReport(
         path=str(path),
         inputs=worker["inputs"],

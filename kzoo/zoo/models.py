@@ -375,4 +375,6 @@ def export(entry, base_dir="saved_models", version=None):
     item = _model_entry(entry)
     model = get(item.name, weights="pretrained")
     inputs = {model.inputs[0].name: sample_inputs(item.name)}
-    return serving.export(model, base_dir, version=version, sample_inputs=inputs)
+    return serving.export(
+        model, base_dir, version=version, sample_inputs=inputs, outputs=item.serving_outputs
+    )

@@ -62,6 +62,10 @@ class Entry:
             RWN trains with a one-step walk); they must not change the weights.
         init_from: a preset whose weights initialize the layers of the same
             name before training (the RWN starts from its FCN twin).
+        serving_outputs: the outputs its SavedModel's `serving_default`
+            returns (`None`: all); the others stay available in the
+            `all_outputs` signature (the RWN serves its segmentation and
+            returns its affinities on request).
     """
 
     name: str
@@ -72,6 +76,7 @@ class Entry:
     args: dict = dataclasses.field(default_factory=dict)
     train_args: dict = dataclasses.field(default_factory=dict)
     init_from: str = None
+    serving_outputs: tuple = None
 
     @property
     def builder_name(self):
@@ -90,14 +95,32 @@ class Entry:
 _REGISTRY = {}
 
 
-def register(name, kind, builder, task, description, train_args=None, init_from=None, **args):
+def register(
+    name,
+    kind,
+    builder,
+    task,
+    description,
+    train_args=None,
+    init_from=None,
+    serving_outputs=None,
+    **args,
+):
     """Registers a zoo artifact (see `Entry`); `args` are its builder's arguments."""
     if name in _REGISTRY:
         raise ValueError(f"{name!r} is already registered.")
     if kind not in KINDS:
         raise ValueError(f"Unknown kind {kind!r}; kinds: {', '.join(KINDS)}.")
     _REGISTRY[name] = Entry(
-        name, kind, builder, task, description, dict(args), dict(train_args or {}), init_from
+        name,
+        kind,
+        builder,
+        task,
+        description,
+        dict(args),
+        dict(train_args or {}),
+        init_from,
+        tuple(serving_outputs) if serving_outputs else None,
     )
 
 
@@ -252,6 +275,7 @@ register(
     task=_SCENES,
     description="FCN + pixel affinity + one-step random walk (R=5)",
     init_from="fcn_texture_scenes",
+    serving_outputs=["segmentation_logits"],
     walk_mode="step",
     walk_radius=5,
 )
@@ -295,6 +319,7 @@ register(
     task=_SCENES,
     description="DeepLabV3+ + pixel affinity + one-step random walk (R=5)",
     init_from="deeplabv3plus_texture_scenes",
+    serving_outputs=["segmentation_logits"],
     walk_mode="step",
     walk_radius=5,
     **_DEEPLAB,
