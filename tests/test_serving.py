@@ -238,6 +238,18 @@ def test_serving_export_callback_exports_each_improvement(tmp_path):
     assert serving.verify(export_cb.exported[-1]).ok
 
 
+def test_serving_export_callback_passes_the_chosen_outputs(tmp_path):
+    model = _two_output_model()
+    model.compile("sgd", loss={"scores": "mse", "details": "mse"})
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(8, 4)).astype("float32")
+    y = {"scores": np.zeros((8, 3), "float32"), "details": np.zeros((8, 5), "float32")}
+    export_cb = callbacks.ServingExport(tmp_path, outputs=["scores"], verbose=0)
+    model.fit(x, y, validation_data=(x, y), epochs=1, verbose=0, callbacks=[export_cb])
+    info = json.loads((export_cb.exported[0] / "assets.extra" / "kzoo_export.json").read_text())
+    assert info["outputs"] == ["scores"] and set(info["all_outputs"]) == {"scores", "details"}
+
+
 def test_serving_export_callback_rejects_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="mode must be"):
         callbacks.ServingExport(tmp_path, mode="lowest")

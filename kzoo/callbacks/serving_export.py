@@ -39,6 +39,8 @@ class ServingExport(keras.callbacks.Callback):
         allow_worse: compare only within this `fit`, ignoring the versions
             already in `base_dir` (may publish a worse model).
         verbose: print a line per export.
+        outputs: the outputs `serving_default` returns (default: all; see
+            `kzoo.serving.export`), e.g. `["segmentation_logits"]` for an RWN.
 
     Attributes:
         exported: list of the `Path`s written during training.
@@ -59,6 +61,7 @@ class ServingExport(keras.callbacks.Callback):
         min_delta=0.0,
         allow_worse=False,
         verbose=1,
+        outputs=None,
     ):
         super().__init__()
         if mode not in ("auto", "min", "max"):
@@ -74,6 +77,7 @@ class ServingExport(keras.callbacks.Callback):
         self.min_delta = abs(min_delta)
         self.allow_worse = allow_worse
         self.verbose = verbose
+        self.outputs = outputs
         self.best = None
         self.exported = []
 
@@ -127,6 +131,7 @@ class ServingExport(keras.callbacks.Callback):
             name=self.name,
             sample_inputs=self.sample_inputs,
             metrics={self.monitor: value},
+            outputs=self.outputs,
         )
         self.exported.append(path)
         if self.verbose:
