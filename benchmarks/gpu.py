@@ -1,0 +1,289 @@
+"""The #18 speed comparisons on a GPU machine, in one run of under 10 minutes.
+
+Each part runs per backend in its own process (with a time limit; a part
+that fails or runs out of time is recorded as such and the others go on):
+
+- `rnn`: train-step time of `LayerNormLSTM`/`LayerNormGRU` (both input modes)
+  vs `keras.layers.LSTM`/`GRU` (cuDNN where the backend has it), at the char
+  LM and digits sizes (`train_step_time.py`'s models);
+- `walk`: one random-walk step (stencil, 128x128, R = 5, 21 classes) against
+  scipy's CSR step and the 10-iteration dense CRF, both on the CPU
+  (`random_walk_runtime.py`'s problem);
+- `optimizer`: `LSTMOptimizer` vs Adam inside `fit` on the 85k-parameter MLP
+  (`learned_optimizer_cost.py`'s model);
+- `serving` (TensorFlow): every zoo preset exported as for TF Serving, its
+  `serving_default` latency (loaded SavedModel) vs `predict_on_batch` of the
+  Keras model, at batch 1 and 64.
+
+    python benchmarks/gpu.py                 # on the GPU machine
+    python benchmarks/gpu.py --quick --parts rnn walk   # a smoke run (any machine)
+
+Writes benchmarks/results/gpu.json and the table between the `gpu:begin` and
+`gpu:end` markers of BENCHMARKS.md (not with --quick, and only when a GPU
+was found, unless --allow-cpu).
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+BACKENDS = ("tensorflow", "jax", "torch")
+PARTS = ("rnn", "walk", "optimizer", "serving")
+BEGIN, END = "<!-- gpu:begin -->", "<!-- gpu:end -->"
+
+
+def _median_ms(fn, runs, warmup=3):
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return 1000 * float(np.median(times))
+
+
+def _device():
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_logical_devices("GPU")
+        return gpus[0].name if gpus else "CPU"
+    if backend == "jax":
+        import jax
+
+        return str(jax.devices()[0])
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU"
+
+
+def part_rnn(quick):
+    sys.path.insert(0, str(HERE))
+    import train_step_time
+
+    return train_step_time.measure(5 if quick else 20)
+
+
+def part_walk(quick):
+    sys.path.insert(0, str(HERE))
+    import random_walk_runtime
+
+    size = 32 if quick else 128
+    result = random_walk_runtime.measure_backend(size, 5)
+    return {"size": size, **result}
+
+
+def part_optimizer(quick):
+    sys.path.insert(0, str(HERE))
+    import keras
+    import learned_optimizer_cost
+
+    from kzoo.optimizers import LSTMOptimizer
+    from kzoo.optimizers import problems
+
+    x, y = problems._digits_train()
+    if quick:
+        x, y = x[:256], y[:256]
+    hidden = (256, 256)
+    lstm = learned_optimizer_cost.step_time(
+        hidden, LSTMOptimizer.from_preset("lstm_optimizer_digits_mlp"), x, y
+    )
+    adam = learned_optimizer_cost.step_time(hidden, keras.optimizers.Adam(1e-3), x, y)
+    return {"LSTM": lstm, "Adam": adam, "ratio": lstm["median_step_ms"] / adam["median_step_ms"]}
+
+
+def part_serving(quick):
+    import keras
+    import tensorflow as tf
+
+    from kzoo import zoo
+    from kzoo.zoo import models
+    from kzoo.zoo import registry
+
+    names = zoo.list_entries(kind="model", pretrained=True)
+    if quick:
+        names = names[:2]
+    runs = 5 if quick else 20
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in names:
+            item = registry.entry(name)
+            path = models.export(item, tmp)
+            serve = tf.saved_model.load(str(path)).signatures["serving_default"]
+            model = models.get(name, weights="pretrained")
+            sample = models.sample_inputs(name)
+            row = {}
+            for batch in (1, 64):
+                x = np.repeat(sample, -(-batch // len(sample)), axis=0)[:batch]
+                feed = {model.inputs[0].name: tf.constant(x)}
+                row[f"saved_model_ms_batch{batch}"] = _median_ms(
+                    lambda: [v.numpy() for v in serve(**feed).values()], runs
+                )
+                row[f"predict_ms_batch{batch}"] = _median_ms(
+                    lambda: keras.tree.map_structure(np.asarray, model.predict_on_batch(x)), runs
+                )
+            rows[name] = row
+            print(name, row, file=sys.stderr, flush=True)
+    return rows
+
+
+def _worker(part, quick):
+    result = globals()[f"part_{part}"](quick)
+    print(json.dumps({"device": _device(), "result": result}))
+
+
+def _run(part, backend, quick, timeout):
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, __file__, "--worker", part] + (["--quick"] if quick else [])
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"ran past {timeout} s"}
+    seconds = round(time.perf_counter() - start, 1)
+    if done.returncode:
+        return {"error": done.stderr.strip().splitlines()[-1:], "seconds": seconds}
+    return {**json.loads(done.stdout.strip().splitlines()[-1]), "seconds": seconds}
+
+
+def _reference(quick):
+    """scipy's CSR step and the dense CRF on the CPU (the walk's references)."""
+    sys.path.insert(0, str(HERE))
+    import random_walk_runtime
+
+    return random_walk_runtime.measure_reference(32 if quick else 128, 5)
+
+
+def _fmt(value, digits=2):
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def markdown(results):
+    """The GPU rows of BENCHMARKS.md, from `results`."""
+    lines = [f"Device: {results['device']}; `python benchmarks/gpu.py` ({results['date']}).", ""]
+    rnn = {b: results["rnn"].get(b, {}) for b in BACKENDS}
+    if any("result" in r for r in rnn.values()):
+        lines += [
+            "| backend | layer / size | Keras ms | LN in loop ms (×) | LN precomputed ms (×) |",
+            "|---|---|---|---|---|",
+        ]
+        for backend, run in rnn.items():
+            for key, row in run.get("result", {}).items():
+                lines.append(
+                    f"| {backend} | {key} | {_fmt(row['keras'])} | {_fmt(row['ln_in_loop'])} "
+                    f"({_fmt(row['ratio_ln_in_loop'])}) | {_fmt(row['ln_precomputed'])} "
+                    f"({_fmt(row['ratio_ln_precomputed'])}) |"
+                )
+        lines.append("")
+    reference = results.get("walk_reference", {})
+    walk = {b: results["walk"].get(b, {}) for b in BACKENDS}
+    if any("result" in r for r in walk.values()):
+        scipy_ms = reference.get("scipy_csr_step_ms")
+        crf_ms = reference.get("dense_crf_10_iterations_ms")
+        lines += [
+            f"Random-walk step vs scipy CSR ({_fmt(scipy_ms)} ms, CPU) and the dense CRF "
+            f"({_fmt(crf_ms, 1)} ms, CPU):",
+            "",
+            "| backend | stencil step ms | × scipy | CRF / step |",
+            "|---|---|---|---|",
+        ]
+        for backend, run in walk.items():
+            step = run.get("result", {}).get("stencil_step_ms")
+            ratio = step / scipy_ms if step and scipy_ms else None
+            speedup = crf_ms / step if step and crf_ms else None
+            lines.append(f"| {backend} | {_fmt(step)} | {_fmt(ratio)} | {_fmt(speedup, 1)} |")
+        lines.append("")
+    optimizer = {b: results["optimizer"].get(b, {}) for b in BACKENDS}
+    if any("result" in r for r in optimizer.values()):
+        lines += ["| backend | LSTMOptimizer ms | Adam ms | ratio |", "|---|---|---|---|"]
+        for backend, run in optimizer.items():
+            row = run.get("result")
+            if row:
+                lines.append(
+                    f"| {backend} | {_fmt(row['LSTM']['median_step_ms'])} | "
+                    f"{_fmt(row['Adam']['median_step_ms'])} | {_fmt(row['ratio'])} |"
+                )
+        lines.append("")
+    serving = results["serving"].get("tensorflow", {}).get("result", {})
+    if serving:
+        lines += [
+            "| export | SavedModel ms, batch 1 / 64 | `predict_on_batch` ms, batch 1 / 64 |",
+            "|---|---|---|",
+        ]
+        for name, row in serving.items():
+            lines.append(
+                f"| `{name}` | {_fmt(row['saved_model_ms_batch1'])} / "
+                f"{_fmt(row['saved_model_ms_batch64'])} | {_fmt(row['predict_ms_batch1'])} / "
+                f"{_fmt(row['predict_ms_batch64'])} |"
+            )
+        lines.append("")
+    failed = [
+        f"{part}/{backend}: {run['error']}"
+        for part in PARTS
+        for backend, run in results.get(part, {}).items()
+        if "error" in run
+    ]
+    if failed:
+        lines += ["Failed or out of time: " + "; ".join(map(str, failed)), ""]
+    return "\n".join(lines)
+
+
+def write_benchmarks_md(text, path=HERE.parent / "BENCHMARKS.md"):
+    document = path.read_text()
+    start, end = document.index(BEGIN) + len(BEGIN), document.index(END)
+    path.write_text(document[:start] + "\n" + text + "\n" + document[end:])
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--parts", nargs="+", choices=PARTS, default=list(PARTS))
+    parser.add_argument("--backends", nargs="+", choices=BACKENDS, default=list(BACKENDS))
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, no BENCHMARKS.md")
+    parser.add_argument(
+        "--allow-cpu", action="store_true", help="write BENCHMARKS.md without a GPU"
+    )
+    parser.add_argument("--timeout", type=int, default=150, help="seconds per part and backend")
+    parser.add_argument("--worker", choices=PARTS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args.worker, args.quick)
+        return
+    results = {"date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+    for part in PARTS:
+        results[part] = {}
+        if part not in args.parts:
+            continue
+        for backend in ("tensorflow",) if part == "serving" else args.backends:
+            results[part][backend] = _run(part, backend, args.quick, args.timeout)
+            print(part, backend, json.dumps(results[part][backend])[:300], file=sys.stderr)
+    if "walk" in args.parts:
+        results["walk_reference"] = _reference(args.quick)
+    devices = {run["device"] for part in PARTS for run in results[part].values() if "device" in run}
+    results["device"] = ", ".join(sorted(devices)) or "unknown"
+    gpu = any(d != "CPU" and "cpu" not in d.lower() for d in devices)
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("gpu_quick.json" if args.quick else "gpu.json")
+    out.write_text(json.dumps(results, indent=1) + "\n")
+    text = markdown(results)
+    print(text)
+    if not args.quick and (gpu or args.allow_cpu):
+        write_benchmarks_md(text)
+    elif not args.quick:
+        print("No GPU found: BENCHMARKS.md left as it is (--allow-cpu writes it).", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
