@@ -35,21 +35,13 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from random_walk_runtime import median_ms  # noqa: E402  (a sibling benchmark script)
+
 RESULTS = HERE / "results"
 BACKENDS = ("tensorflow", "jax", "torch")
 PARTS = ("rnn", "walk", "optimizer", "serving")
 BEGIN, END = "<!-- gpu:begin -->", "<!-- gpu:end -->"
-
-
-def _median_ms(fn, runs, warmup=3):
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
 
 
 def _device():
@@ -71,14 +63,12 @@ def _device():
 
 
 def part_rnn(quick):
-    sys.path.insert(0, str(HERE))
     import train_step_time
 
     return train_step_time.measure(5 if quick else 20)
 
 
 def part_walk(quick):
-    sys.path.insert(0, str(HERE))
     import random_walk_runtime
 
     size = 32 if quick else 128
@@ -87,7 +77,6 @@ def part_walk(quick):
 
 
 def part_optimizer(quick):
-    sys.path.insert(0, str(HERE))
     import keras
     import learned_optimizer_cost
 
@@ -129,10 +118,10 @@ def part_serving(quick):
             for batch in (1, 64):
                 x = np.repeat(sample, -(-batch // len(sample)), axis=0)[:batch]
                 feed = {model.inputs[0].name: tf.constant(x)}
-                row[f"saved_model_ms_batch{batch}"] = _median_ms(
+                row[f"saved_model_ms_batch{batch}"] = median_ms(
                     lambda: [v.numpy() for v in serve(**feed).values()], runs
                 )
-                row[f"predict_ms_batch{batch}"] = _median_ms(
+                row[f"predict_ms_batch{batch}"] = median_ms(
                     lambda: keras.tree.map_structure(np.asarray, model.predict_on_batch(x)), runs
                 )
             rows[name] = row
@@ -161,7 +150,6 @@ def _run(part, backend, quick, timeout):
 
 def _reference(quick):
     """scipy's CSR step and the dense CRF on the CPU (the walk's references)."""
-    sys.path.insert(0, str(HERE))
     import random_walk_runtime
 
     return random_walk_runtime.measure_reference(32 if quick else 128, 5)

@@ -17,28 +17,17 @@ import json
 import os
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 RESULTS = Path(__file__).resolve().parent / "results"
+sys.path.insert(0, str(RESULTS.parent))
+from random_walk_runtime import median_ms  # noqa: E402  (a sibling benchmark script)
+
 PAIRS = {
     "fcn": ("fcn_texture_scenes", "rwn_texture_scenes"),
     "deeplabv3plus": ("deeplabv3plus_texture_scenes", "rwn_deeplabv3plus_texture_scenes"),
 }
-
-
-def _median_ms(fn, runs=40):
-    import numpy as np
-
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * float(np.median(times))
 
 
 def _serve(signature, images):
@@ -75,7 +64,7 @@ def main():
                     for signature in sorted(signatures):
                         call = _serve(signatures[signature], images)
                         key = f"{name}/{signature}/batch{batch}"
-                        row[key] = {"ms": _median_ms(call), "response_bytes": call()}
+                        row[key] = {"ms": median_ms(call, runs=40), "response_bytes": call()}
             fcn, rwn = names
             for batch in (1, 64):
                 row[f"ratio_rwn_over_fcn/batch{batch}"] = (
@@ -91,8 +80,8 @@ def main():
     transition = random_walk.transition_matrix(affinities(features))
     step = tf.function(lambda f: random_walk.random_walk_step(f, transition))
     results["tensorflow"]["parts_batch1"] = {
-        "pixel_affinities_ms": _median_ms(lambda: affinities(features).numpy()),
-        "random_walk_step_ms": _median_ms(lambda: step(potentials).numpy()),
+        "pixel_affinities_ms": median_ms(lambda: affinities(features).numpy()),
+        "random_walk_step_ms": median_ms(lambda: step(potentials).numpy()),
     }
     print(results["tensorflow"]["parts_batch1"], file=sys.stderr)
     RESULTS.mkdir(exist_ok=True)
