@@ -144,7 +144,8 @@ def _run(part, backend, quick, timeout):
         return {"error": f"ran past {timeout} s"}
     seconds = round(time.perf_counter() - start, 1)
     if done.returncode:
-        return {"error": done.stderr.strip().splitlines()[-1:], "seconds": seconds}
+        lines = done.stderr.strip().splitlines() or ["(no output)"]
+        return {"error": lines[-1], "seconds": seconds}
     return {**json.loads(done.stdout.strip().splitlines()[-1]), "seconds": seconds}
 
 

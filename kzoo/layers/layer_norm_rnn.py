@@ -780,7 +780,7 @@ class _LayerNormRNN(keras.layers.RNN):
         return compat.rnn(
             step,
             projected,
-            list(initial_state) if isinstance(initial_state, (list, tuple)) else [initial_state],
+            initial_state,  # keras.layers.RNN.call passes a list
             go_backwards=self.go_backwards,
             mask=mask,
             unroll=self.unroll,
