@@ -21,7 +21,9 @@ express is here:
 - custom gradients with one calling convention (`custom_gradient`), and
   whether a tensor holds values that can be checked now (`is_concrete`);
 - whether recurrent layers should compute their state-free inputs for the
-  whole sequence before the loop (`precomputes_rnn_inputs`).
+  whole sequence before the loop (`precomputes_rnn_inputs`);
+- whether an optimizer must update variable by variable
+  (`updates_per_variable`: under a `tf.distribute` strategy).
 """
 
 import contextlib
@@ -472,3 +474,19 @@ def precomputes_rnn_inputs():
     gradient (BENCHMARKS.md, "Train-step time").
     """
     return keras.backend.backend() == "torch"
+
+
+def updates_per_variable():
+    """Whether optimizer updates must go variable by variable right now.
+
+    Under a `tf.distribute` strategy, Keras' TensorFlow optimizer all-reduces
+    the gradients and updates each (mirrored) variable on every replica in
+    its own update context; an optimizer that updates all variables at once
+    (`LSTMOptimizer`) then takes that per-variable path. Elsewhere (JAX's
+    `DataParallel` is one SPMD program) it need not.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return False
+    import tensorflow as tf
+
+    return tf.distribute.has_strategy()

@@ -140,6 +140,77 @@ def test_keras_optimizer_runs_exactly_the_meta_trained_step():
     assert by_keras[-1].mean() < 0.7 * by_keras[0].mean()
 
 
+def _three_variables():
+    rng = np.random.default_rng(1)
+    shapes = [(2, 3), (4,), (3, 1)]
+    return [keras.Variable(rng.standard_normal(s).astype("float32")) for s in shapes]
+
+
+def test_one_batched_step_over_all_variables_equals_a_step_per_variable():
+    rng = np.random.default_rng(0)
+    phi = learned.initial_meta_parameters(units=5, num_layers=2, seed=3)
+    phi = [p + 0.3 * rng.standard_normal(p.shape).astype("float32") for p in phi]
+    variables = _three_variables()
+    values = [ops.convert_to_numpy(v).astype("float64") for v in variables]
+    grads = [
+        [(rng.standard_normal(v.shape) * 10.0 ** rng.uniform(-6, 1)).astype("float32")]
+        for v in values
+    ]
+    grads = [g + [(rng.standard_normal(v.shape)).astype("float32")] for g, v in zip(grads, values)]
+    optimizer = LSTMOptimizer(phi, units=5, output_scale=0.1, learning_rate=0.5)
+    states = [[np.zeros((*v.shape, 5)) for _ in range(4)] for v in values]
+    for t in range(2):
+        optimizer.apply([g[t] for g in grads], variables)
+        for k, g in enumerate(grads):
+            update, states[k] = np_step(
+                [p.astype("float64") for p in phi], g[t].astype("float64"), states[k], 0.1, True
+            )
+            values[k] = values[k] + 0.5 * update
+    for k, variable in enumerate(variables):
+        np.testing.assert_allclose(ops.convert_to_numpy(variable), values[k], rtol=1e-5, atol=1e-6)
+        for got, want in zip(optimizer.state_of(variable), states[k]):
+            np.testing.assert_allclose(ops.convert_to_numpy(got), want, rtol=1e-4, atol=1e-6)
+
+    # A variable without a gradient keeps its value and state; the others
+    # take the same step as when all variables are updated.
+    partial, full = (LSTMOptimizer(phi, units=5, output_scale=0.1) for _ in range(2))
+    a, b = _three_variables(), _three_variables()
+    partial.build(a)
+    full.build(b)
+    for t in range(2):
+        with pytest.warns(UserWarning, match="Gradients do not exist"):
+            partial.apply([grads[0][t], None, grads[2][t]], a)
+        full.apply([g[t] for g in grads], b)
+    np.testing.assert_array_equal(
+        ops.convert_to_numpy(a[1]), ops.convert_to_numpy(_three_variables()[1])
+    )
+    assert all(np.all(ops.convert_to_numpy(s) == 0) for s in partial.state_of(a[1]))
+    for k in (0, 2):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(a[k]), ops.convert_to_numpy(b[k]), rtol=1e-6
+        )
+        for p, q in zip(partial.state_of(a[k]), full.state_of(b[k])):
+            np.testing.assert_allclose(ops.convert_to_numpy(p), ops.convert_to_numpy(q), rtol=1e-6)
+
+
+def test_a_bfloat16_state_halves_the_memory_and_trains_alike():
+    x, y = _digits()
+    runs = {}
+    for dtype in ("float32", "bfloat16"):
+        model = _digits_model()
+        optimizer = LSTMOptimizer.from_preset(PRESET, state_dtype=dtype)
+        model.compile(
+            optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        history = model.fit(x, y, batch_size=128, epochs=4, shuffle=False, verbose=0)
+        assert all(keras.backend.standardize_dtype(s.dtype) == dtype for s in optimizer.lstm_state)
+        itemsize = {"float32": 4, "bfloat16": 2}[dtype]
+        nbytes = sum(itemsize * int(np.prod(s.shape)) for s in optimizer.lstm_state)
+        runs[dtype] = history.history["loss"][-1], nbytes / model.count_params()
+    assert runs["float32"][1] == 2 * 2 * 20 * 4 and runs["bfloat16"][1] == 2 * 2 * 20 * 2
+    assert runs["bfloat16"][0] == pytest.approx(runs["float32"][0], rel=0.05)
+
+
 def test_non_finite_gradients_skip_the_update_and_are_counted():
     a, b = keras.Variable(np.ones((2, 3), "float32")), keras.Variable(np.ones(4, "float32"))
     optimizer = LSTMOptimizer(output_scale=0.1)
@@ -150,8 +221,8 @@ def test_non_finite_gradients_skip_the_update_and_are_counted():
     np.testing.assert_array_equal(ops.convert_to_numpy(a), np.ones((2, 3)))
     assert not np.allclose(ops.convert_to_numpy(b), 1.0)
     assert np.isfinite(ops.convert_to_numpy(b)).all()
-    state_a = optimizer._states[0]
-    assert all(np.all(ops.convert_to_numpy(s) == 0) for s in state_a)
+    assert all(np.all(ops.convert_to_numpy(s) == 0) for s in optimizer.state_of(a))
+    assert all(np.any(ops.convert_to_numpy(s) != 0) for s in optimizer.state_of(b))
     assert float(ops.convert_to_numpy(optimizer.skipped_updates)) == 1.0
     optimizer.apply([np.full((2, 3), np.inf, "float32"), np.ones(4, "float32")], [a, b])
     assert float(ops.convert_to_numpy(optimizer.skipped_updates)) == 2.0
@@ -167,7 +238,7 @@ def test_config_round_trip_and_state_shapes():
     assert clone.get_config() == config
     v = keras.Variable(np.zeros((5, 7), "float32"))
     clone.build([v])
-    assert [tuple(s.shape) for s in clone._states[0]] == [(5, 7, 20)] * 4
+    assert [tuple(s.shape) for s in clone.state_of(v)] == [(5, 7, 20)] * 4
     for p, q in zip(clone._initial_phi, optimizer._initial_phi):
         np.testing.assert_array_equal(p, q)
 
@@ -195,6 +266,7 @@ def test_a_saved_model_loads_without_the_preset_directory(tmp_path):
         ({"learning_rate": -1.0}, "learning_rate must be a finite number > 0"),
         ({"preprocess": "yes"}, "preprocess must be True or False"),
         ({"weights": 3}, "weights must be None, a preset name"),
+        ({"state_dtype": "float16"}, "state_dtype must be one of float32, bfloat16"),
     ],
 )
 def test_bad_arguments_are_clear_value_errors(kwargs, message):

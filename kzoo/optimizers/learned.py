@@ -20,8 +20,9 @@ This module holds the whole optimizer:
   and the pure `step(phi, gradient, state)`, written with `keras.ops`; the
   meta-trainer (`kzoo.optimizers.meta`) differentiates this same function, so
   the optimizer that is meta-trained is exactly the one `fit` runs;
-- `LSTMOptimizer`, a `keras.optimizers.Optimizer` whose `update_step` calls
-  `step`; `phi` comes from the zoo and is never changed by `fit`.
+- `LSTMOptimizer`, a `keras.optimizers.Optimizer` that calls `step` once per
+  train step on all of a model's parameters; `phi` comes from the zoo and
+  is never changed by `fit`.
 """
 
 import json
@@ -32,6 +33,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from kzoo import backend
+from kzoo import compat
 from kzoo.zoo import presets
 
 PHI_FILE = presets.WEIGHTS_FILES["optimizer"]
@@ -153,15 +156,28 @@ def step(phi, gradient, state, output_scale=1.0, preprocess=True, exponent=10.0)
         units = ops.shape(h)[-1]
         h = ops.reshape(h, (-1, units))
         c = ops.reshape(c, (-1, units))
-        z = ops.matmul(x, kernel) + ops.matmul(h, recurrent) + bias
-        i, f, candidate, o = ops.split(z, 4, axis=-1)
-        c = ops.sigmoid(f) * c + ops.sigmoid(i) * ops.tanh(candidate)
-        h = ops.sigmoid(o) * ops.tanh(c)
+        # One matmul of [x, h] with [kernel; recurrent] and the gates
+        # reordered to (i, f, o, c): one sigmoid over three gates and one
+        # tanh, each over contiguous columns (the same arithmetic as
+        # x @ kernel + h @ recurrent, split i, f, c, o).
+        weights = _gates_ifoc(ops.concatenate([kernel, recurrent], axis=0), units)
+        z = ops.matmul(ops.concatenate([x, h], axis=-1), weights) + _gates_ifoc(bias, units)
+        gates = ops.sigmoid(z[:, : 3 * units])
+        c = gates[:, units : 2 * units] * c + gates[:, :units] * ops.tanh(z[:, 3 * units :])
+        h = gates[:, 2 * units :] * ops.tanh(c)
         new_state += [ops.reshape(h, (*shape, units)), ops.reshape(c, (*shape, units))]
         x = h
     out_kernel, out_bias = phi[-2:]
     update = output_scale * (ops.matmul(x, out_kernel) + out_bias)
     return ops.reshape(update, shape), new_state
+
+
+def _gates_ifoc(value, units):
+    """Columns of Keras' gate order (i, f, c, o) reordered to (i, f, o, c)."""
+    return ops.concatenate(
+        [value[..., : 2 * units], value[..., 3 * units :], value[..., 2 * units : 3 * units]],
+        axis=-1,
+    )
 
 
 def check_meta_parameters(phi, units, num_layers, preprocess, source="phi"):
@@ -275,16 +291,24 @@ def load_meta_parameters(preset):
     return phi, architecture
 
 
+STATE_DTYPES = ("float32", "bfloat16")
+
+
 @keras.saving.register_keras_serializable(package="kzoo")
-class LSTMOptimizer(keras.optimizers.Optimizer):
+class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
     """The coordinatewise LSTM optimizer (Andrychowicz et al., 2016).
 
     Each parameter coordinate is updated by `learning_rate * m(grad, h; phi)`
     with the shared, learned network `m` (see `step`) and a per-coordinate
-    LSTM state. The state variables (`2 * num_layers` per model variable, of
-    shape `(*variable.shape, units)`) and `phi` are optimizer variables: they
-    are checkpointed and saved with the model like Adam's moments. `phi` is
-    never changed by `fit`; it is meta-trained by `kzoo.optimizers.meta`.
+    LSTM state. All coordinates of all variables are one batch: each train
+    step concatenates the gradients and runs a single `step` over them, so
+    the cost is a few large matmuls whatever the number of variables. The
+    state is `2 * num_layers` optimizer variables of shape
+    `(num_parameters, units)` (`state_of(variable)` gives one variable's
+    part), stored in `state_dtype`; the LSTM computes in float32 either way.
+    The state and `phi` are optimizer variables: they are checkpointed and
+    saved with the model like Adam's moments. `phi` is never changed by
+    `fit`; it is meta-trained by `kzoo.optimizers.meta`.
 
     A step whose gradient for a variable has a non-finite entry leaves that
     variable and its state unchanged and adds one to `skipped_updates`. A
@@ -302,6 +326,11 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
         learning_rate: an extra factor on the learned update (1 reproduces the
             meta-trained optimizer); a float or a schedule.
         seed: seed of the random `phi` when `weights` is `None`.
+        state_dtype: `"float32"` (default), or `"bfloat16"` to halve the
+            optimizer's memory (`2 * num_layers * units` numbers per
+            parameter: 320 bytes in float32, 160 in bfloat16, for the zoo's
+            two 20-unit layers). The state is rounded to bfloat16 after each
+            step; BENCHMARKS.md measures what that costs in loss.
         **kwargs: other `keras.optimizers.Optimizer` arguments (`clipnorm`,
             `name`, ...).
 
@@ -317,6 +346,8 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
     >>> model.compile(optimizer=optimizer, loss="mse")
     >>> model.fit(np.ones((8, 4)), np.zeros((8, 3)), epochs=1, verbose=0).history["loss"][0] > 0
     True
+    >>> [tuple(s.shape) for s in optimizer.state_of(model.layers[0].kernel)][0]
+    (4, 3, 20)
     """
 
     def __init__(
@@ -329,6 +360,7 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
         output_scale=1.0,
         learning_rate=1.0,
         seed=0,
+        state_dtype="float32",
         name="lstm_optimizer",
         **kwargs,
     ):
@@ -344,10 +376,16 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
             raise ValueError(
                 f"LSTMOptimizer: learning_rate must be a finite number > 0; got {learning_rate!r}."
             )
+        if state_dtype not in STATE_DTYPES:
+            raise ValueError(
+                f"LSTMOptimizer: state_dtype must be one of {', '.join(STATE_DTYPES)}; "
+                f"got {state_dtype!r}."
+            )
         super().__init__(learning_rate=learning_rate, name=name, **kwargs)
         self.units, self.num_layers = int(units), int(num_layers)
         self.preprocess, self.exponent = bool(preprocess), float(exponent)
         self.output_scale, self.seed = float(output_scale), seed
+        self.state_dtype = state_dtype
         if weights is None:
             phi = initial_meta_parameters(self.units, self.num_layers, self.preprocess, seed)
         elif isinstance(weights, (str, os.PathLike)):
@@ -380,7 +418,8 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
         Args:
             preset: a preset name (see `kzoo.zoo.list_entries(kind="optimizer")`) or
                 directory.
-            **kwargs: other constructor arguments (`learning_rate`, ...).
+            **kwargs: other constructor arguments (`learning_rate`,
+                `state_dtype`, ...).
         """
         _, architecture = load_meta_parameters(preset)
         return cls(weights=str(preset), **{**architecture, **kwargs})
@@ -400,45 +439,75 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
             for (n, shape), value in zip(shapes, self._initial_phi)
         ]
         self.skipped_updates = self.add_variable((), dtype="float32", name="skipped_updates")
-        self._states = []
-        for variable in var_list:
-            prefix = getattr(variable, "path", variable.name).replace("/", "_")
-            self._states.append(
-                [
-                    self.add_variable(
-                        (*variable.shape, self.units),
-                        dtype="float32",
-                        name=f"{prefix}_lstm{k // 2}_{'hc'[k % 2]}",
-                    )
-                    for k in range(2 * self.num_layers)
-                ]
+        # Where each variable's coordinates sit in the flat state.
+        self._shapes = [tuple(v.shape) for v in var_list]
+        sizes = [math.prod(shape) for shape in self._shapes]
+        self._offsets = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+        self.lstm_state = [
+            self.add_variable(
+                (self._offsets[-1], self.units),
+                dtype=self.state_dtype,
+                name=f"lstm{k // 2}_{'hc'[k % 2]}",
             )
+            for k in range(2 * self.num_layers)
+        ]
+
+    def state_of(self, variable):
+        """`[h_0, c_0, h_1, c_1, ...]` of `variable`, each `(*variable.shape, units)`."""
+        k = self.variable_index(variable)
+        start, stop = self._offsets[k], self._offsets[k + 1]
+        return [ops.reshape(s[start:stop], (*self._shapes[k], self.units)) for s in self.lstm_state]
 
     def update_step(self, gradient, variable, learning_rate):
-        if tuple(gradient.shape) != tuple(variable.shape):
-            raise ValueError(
-                f"LSTMOptimizer: the gradient of variable "
-                f"{getattr(variable, 'path', variable.name)!r} has shape "
-                f"{tuple(gradient.shape)}; the variable has shape {tuple(variable.shape)}."
-            )
-        state_vars = self._states[self._get_variable_index(variable)]
-        gradient = ops.cast(gradient, "float32")
-        finite = ops.all(ops.isfinite(gradient))
-        gradient = ops.where(ops.isfinite(gradient), gradient, ops.zeros_like(gradient))
-        old_state = [ops.convert_to_tensor(s) for s in state_vars]
+        self._update([gradient], [variable], learning_rate)
+
+    def batched_update_step(self, grads, trainable_variables, learning_rate):
+        if backend.updates_per_variable():
+            self.per_variable_update_step(grads, trainable_variables, learning_rate)
+        else:
+            self._update(grads, trainable_variables, learning_rate)
+
+    def _update(self, grads, variables, learning_rate):
+        """One `step` over the concatenated coordinates of `variables`."""
+        for gradient, variable in zip(grads, variables):
+            if tuple(gradient.shape) != tuple(variable.shape):
+                raise ValueError(
+                    f"LSTMOptimizer: the gradient of variable "
+                    f"{getattr(variable, 'path', variable.name)!r} has shape "
+                    f"{tuple(gradient.shape)}; the variable has shape {tuple(variable.shape)}."
+                )
+        chosen = [self.variable_index(v) for v in variables]
+        spans = [(self._offsets[k], self._offsets[k + 1]) for k in chosen]
+        flat = [ops.reshape(ops.cast(g, "float32"), (-1,)) for g in grads]
+        finite = [ops.all(ops.isfinite(g)) for g in flat]
+        flat = ops.concatenate(flat) if len(flat) > 1 else flat[0]
+        flat = ops.where(ops.isfinite(flat), flat, ops.zeros_like(flat))
+        # Per coordinate: does its variable's gradient hold only finite values?
+        keep = ops.concatenate(
+            [ops.broadcast_to(f, (stop - start,)) for f, (start, stop) in zip(finite, spans)]
+        )
+        everything = chosen == list(range(len(self._shapes)))
+        stored = [ops.convert_to_tensor(s) for s in self.lstm_state]
+        old = [s if everything else _gather(s, spans) for s in stored]
         update, state = step(
             [ops.convert_to_tensor(p) for p in self.meta_parameters],
-            gradient,
-            old_state,
+            flat,
+            [ops.cast(s, "float32") for s in old],
             output_scale=self.output_scale,
             preprocess=self.preprocess,
             exponent=self.exponent,
         )
-        for var, new, old in zip(state_vars, state, old_state):
-            self.assign(var, ops.where(finite, new, old))
-        update = ops.where(finite, ops.cast(learning_rate, "float32") * update, 0.0)
-        self.assign_add(variable, ops.cast(update, variable.dtype))
-        self.assign_add(self.skipped_updates, 1.0 - ops.cast(finite, "float32"))
+        for variable, new, before, previous in zip(self.lstm_state, state, old, stored):
+            new = ops.where(keep[:, None], ops.cast(new, self.state_dtype), before)
+            self.assign(variable, new if everything else _scatter(previous, new, spans))
+        update = ops.where(keep, ops.cast(learning_rate, "float32") * update, 0.0)
+        position = 0
+        for variable, (start, stop) in zip(variables, spans):
+            piece = update[position : position + stop - start]
+            self.assign_add(variable, ops.cast(ops.reshape(piece, variable.shape), variable.dtype))
+            position += stop - start
+        skipped = ops.sum(ops.cast(ops.logical_not(ops.stack(finite)), "float32"))
+        self.assign_add(self.skipped_updates, skipped)
 
     def get_config(self):
         config = super().get_config()
@@ -458,9 +527,31 @@ class LSTMOptimizer(keras.optimizers.Optimizer):
                 "exponent": self.exponent,
                 "output_scale": self.output_scale,
                 "seed": self.seed,
+                "state_dtype": self.state_dtype,
             }
         )
         return config
+
+
+def _gather(flat, spans):
+    """The rows of `flat` in `spans`, concatenated."""
+    return ops.concatenate([flat[start:stop] for start, stop in spans])
+
+
+def _scatter(flat, rows, spans):
+    """`flat` with the rows in `spans` replaced by `rows` (as `_gather` took them)."""
+    starts = [0]
+    for start, stop in spans:
+        starts.append(starts[-1] + stop - start)
+    pieces, cursor = [], 0
+    for (start, stop), at in sorted(zip(spans, starts)):
+        if start > cursor:
+            pieces.append(flat[cursor:start])
+        pieces.append(rows[at : at + stop - start])
+        cursor = stop
+    if cursor < flat.shape[0]:
+        pieces.append(flat[cursor:])
+    return ops.concatenate(pieces)
 
 
 def _constant(value):
