@@ -61,3 +61,21 @@ def test_only_kzoo_compat_imports_keras_internals():
         if p != root / "kzoo" / "compat.py" and internal.search(p.read_text())
     ]
     assert offenders == [], f"import keras.src through kzoo.compat only: {offenders}"
+
+
+def test_batched_updates_receive_every_gradient_of_a_step_at_once():
+    from kzoo import compat
+
+    calls = []
+
+    class Recording(compat.BatchedUpdates, keras.optimizers.SGD):
+        def batched_update_step(self, grads, variables, learning_rate):
+            calls.append([tuple(v.shape) for v in variables])
+            self.per_variable_update_step(grads, variables, learning_rate)
+
+    a, b = keras.Variable(keras.ops.ones((2,))), keras.Variable(keras.ops.ones((3, 1)))
+    optimizer = Recording(0.25)
+    optimizer.apply([keras.ops.ones((2,)), keras.ops.ones((3, 1))], [a, b])
+    assert calls == [[(2,), (3, 1)]], "Optimizer.apply no longer calls _backend_update_step once"
+    assert keras.ops.convert_to_numpy(b).tolist() == [[0.75]] * 3, "the per-variable path changed"
+    assert optimizer.variable_index(b) == 1, "Optimizer._get_variable_index changed"

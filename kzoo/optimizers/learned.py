@@ -156,12 +156,13 @@ def step(phi, gradient, state, output_scale=1.0, preprocess=True, exponent=10.0)
         units = ops.shape(h)[-1]
         h = ops.reshape(h, (-1, units))
         c = ops.reshape(c, (-1, units))
-        # One matmul of [x, h] with [kernel; recurrent] and the gates
+        # One matmul of [x, h, 1] with [kernel; recurrent; bias], the gates
         # reordered to (i, f, o, c): one sigmoid over three gates and one
         # tanh, each over contiguous columns (the same arithmetic as
-        # x @ kernel + h @ recurrent, split i, f, c, o).
-        weights = _gates_ifoc(ops.concatenate([kernel, recurrent], axis=0), units)
-        z = ops.matmul(ops.concatenate([x, h], axis=-1), weights) + _gates_ifoc(bias, units)
+        # x @ kernel + h @ recurrent + bias, split i, f, c, o).
+        weights = _gates_ifoc(ops.concatenate([kernel, recurrent, bias[None]], axis=0), units)
+        ones = ops.ones_like(h[:, :1])
+        z = ops.matmul(ops.concatenate([x, h, ones], axis=-1), weights)
         gates = ops.sigmoid(z[:, : 3 * units])
         c = gates[:, units : 2 * units] * c + gates[:, :units] * ops.tanh(z[:, 3 * units :])
         h = gates[:, 2 * units :] * ops.tanh(c)
@@ -497,8 +498,14 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
             preprocess=self.preprocess,
             exponent=self.exponent,
         )
-        for variable, new, before, previous in zip(self.lstm_state, state, old, stored):
-            new = ops.where(keep[:, None], ops.cast(new, self.state_dtype), before)
+        state = [ops.cast(s, self.state_dtype) for s in state]
+        all_finite = ops.all(ops.stack(finite))
+        state = ops.cond(  # the masking pass only when a gradient is not finite
+            all_finite,
+            lambda: state,
+            lambda: [ops.where(keep[:, None], s, before) for s, before in zip(state, old)],
+        )
+        for variable, new, previous in zip(self.lstm_state, state, stored):
             self.assign(variable, new if everything else _scatter(previous, new, spans))
         update = ops.where(keep, ops.cast(learning_rate, "float32") * update, 0.0)
         position = 0
@@ -506,7 +513,7 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
             piece = update[position : position + stop - start]
             self.assign_add(variable, ops.cast(ops.reshape(piece, variable.shape), variable.dtype))
             position += stop - start
-        skipped = ops.sum(ops.cast(ops.logical_not(ops.stack(finite)), "float32"))
+        skipped = ops.sum(1.0 - ops.cast(ops.stack(finite), "float32"))
         self.assign_add(self.skipped_updates, skipped)
 
     def get_config(self):
