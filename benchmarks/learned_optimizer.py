@@ -13,6 +13,14 @@ settings reuse it unchanged).
 
 Writes `benchmarks/results/learned_optimizer.json` and
 `learned_optimizer_fig4.png` / `learned_optimizer_fig5.png`.
+
+    KERAS_BACKEND=tensorflow python benchmarks/learned_optimizer.py --state-dtypes \
+        --settings mlp mlp_200_steps
+
+reruns only the learned optimizer, with a float32 and a bfloat16 state, on
+the same test problems and compares its final loss with the stored one
+(`benchmarks/results/learned_optimizer_state_dtype.json`): the check that
+a change of `LSTMOptimizer`'s implementation left its scores unchanged.
 """
 
 import argparse
@@ -108,6 +116,25 @@ def run_setting(name, test_problems, tune_problems, tuned_rates):
     return result
 
 
+def rerun_state_dtypes(names, stored, test_problems):
+    out = RESULTS / "learned_optimizer_state_dtype.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for name in names:
+        family, kwargs, preset, horizon = SETTINGS[name]
+        row = {"backend": keras.backend.backend(), "stored": None}
+        if name in stored:
+            row["stored"] = stored[name]["optimizers"]["LSTM"]["final_mean"]
+        for dtype in ("float32", "bfloat16"):
+            optimizer = LSTMOptimizer.from_preset(preset, state_dtype=dtype)
+            curves = meta.optimize(
+                optimizer, family(**kwargs), meta.TEST_SEED, test_problems, horizon
+            )
+            row[dtype] = _final(curves)
+        results[name] = row
+        print(f"{name}: {row}", flush=True)
+        out.write_text(json.dumps(results, indent=1))
+
+
 def plot(results, names, path, log=True):
     import matplotlib
 
@@ -141,10 +168,17 @@ def main():
     parser.add_argument("--test-problems", type=int, default=128)
     parser.add_argument("--tune-problems", type=int, default=32)
     parser.add_argument("--settings", nargs="*", default=list(SETTINGS))
+    parser.add_argument(
+        "--state-dtypes",
+        action="store_true",
+        help="only rerun the learned optimizer with a float32 and a bfloat16 state",
+    )
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     out = RESULTS / "learned_optimizer.json"
     results = json.loads(out.read_text())["settings"] if out.exists() else {}
+    if args.state_dtypes:
+        return rerun_state_dtypes(args.settings, results, args.test_problems)
     tuned = {}
     for name in args.settings:
         results[name] = run_setting(name, args.test_problems, args.tune_problems, tuned)

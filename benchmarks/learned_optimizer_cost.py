@@ -1,9 +1,21 @@
 """Cost of the learned optimizer inside `model.fit` vs Adam, and its state memory.
 
 Times the median train step of `model.fit` (per-batch callback timestamps,
-after a warm-up epoch) for two MLPs on the digits with `LSTMOptimizer` (the
-zoo's digits-MLP preset) and with Adam, on the current backend, and counts the
-optimizer-state floats per model parameter.
+after a warm-up epoch) on the current backend for three models:
+
+- two MLPs on the digits (64-20-10, the optimizer's training problem, and
+  64-256-256-10, 85k parameters), batch 128;
+- the zoo's convolutional `resnet_texture_patches` (176k parameters) on the
+  texture patches, batch 64;
+
+with `LSTMOptimizer` (the zoo's digits-MLP preset) with a float32 and a
+bfloat16 state, and with Adam. It records the optimizer state per model
+parameter and the arithmetic bound of the LSTM optimizer's step relative to
+Adam's: `1 + lstm / model`, where `lstm` is the LSTM's multiply-adds per
+parameter per step (every meta-parameter is used once per coordinate, so it
+is the size of phi: 5,141) and `model` the model's forward-and-backward
+multiply-adds per parameter per step (3 times each weight's uses in the
+forward pass).
 
     KERAS_BACKEND=jax python benchmarks/learned_optimizer_cost.py
 
@@ -11,17 +23,20 @@ Merges its numbers into `benchmarks/results/learned_optimizer_cost.json`.
 """
 
 import json
+import math
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from kzoo.datasets import texture_patches
 from kzoo.optimizers import LSTMOptimizer
 from kzoo.optimizers import problems
+from kzoo.zoo import models
 
 RESULTS = Path(__file__).parent / "results"
-MODELS = {"mlp_64-20-10": (20,), "mlp_64-256-256-10": (256, 256)}
+PRESET = "lstm_optimizer_digits_mlp"
 
 
 class _StepTimes(keras.callbacks.Callback):
@@ -32,54 +47,121 @@ class _StepTimes(keras.callbacks.Callback):
         self.times.append(time.perf_counter() - self.start)
 
 
-def step_time(hidden, optimizer, x, y):
+def mlp(hidden):
+    def build():
+        keras.utils.set_random_seed(0)
+        layers = [keras.layers.Dense(h, activation="sigmoid") for h in hidden]
+        return keras.Sequential([keras.Input((64,)), *layers, keras.layers.Dense(10)])
+
+    return build
+
+
+def resnet():
     keras.utils.set_random_seed(0)
-    model = keras.Sequential(
-        [
-            keras.Input((64,)),
-            *[keras.layers.Dense(h, activation="sigmoid") for h in hidden],
-            keras.layers.Dense(10),
-        ]
-    )
+    return models.get("resnet_texture_patches", weights=None)
+
+
+def forward_macs_per_parameter(model, batch):
+    """Multiply-adds of one forward pass per parameter (Dense and Conv2D weights)."""
+    macs = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Dense):
+            macs += batch * layer.kernel.shape[0] * layer.kernel.shape[1]
+        elif isinstance(layer, keras.layers.Conv2D):
+            positions = math.prod(layer.output.shape[1:3])
+            macs += batch * positions * math.prod(layer.kernel.shape)
+    return macs / sum(math.prod(v.shape) for v in model.trainable_variables)
+
+
+def _itemsize(dtype):
+    dtype = keras.backend.standardize_dtype(dtype)
+    return 2 if dtype == "bfloat16" else np.dtype(dtype).itemsize
+
+
+def step_time(build, optimizer, x, y, batch, epochs):
+    model = build()
+    logits = model.layers[-1].get_config().get("activation") != "softmax"
     model.compile(
-        optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=logits)
     )
     timer = _StepTimes()
-    model.fit(x, y, batch_size=128, epochs=1, verbose=0)  # compile and warm up
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0)  # compile and warm up
     timer.times = []
-    model.fit(x, y, batch_size=128, epochs=5, verbose=0, callbacks=[timer])
-    state = sum(int(np.prod(v.shape)) for v in optimizer.variables if len(v.shape))
-    meta_parameters = sum(int(np.prod(v.shape)) for v in getattr(optimizer, "meta_parameters", []))
-    params = model.count_params()
+    model.fit(x, y, batch_size=batch, epochs=epochs, verbose=0, callbacks=[timer])
+    phi = {id(v) for v in getattr(optimizer, "meta_parameters", [])}
+    state = [v for v in optimizer.variables if len(v.shape) and id(v) not in phi]
+    params = sum(math.prod(v.shape) for v in model.trainable_variables)
     return {
         "median_step_ms": 1e3 * float(np.median(timer.times)),
         "parameters": params,
-        "state_floats_per_parameter": (state - meta_parameters) / params,
-        "meta_parameters": meta_parameters,
+        "state_numbers_per_parameter": sum(math.prod(v.shape) for v in state) / params,
+        "state_bytes_per_parameter": sum(math.prod(v.shape) * _itemsize(v.dtype) for v in state)
+        / params,
+        "meta_parameters": sum(math.prod(v.shape) for v in optimizer.variables if id(v) in phi),
+        "forward_backward_macs_per_parameter": 3 * forward_macs_per_parameter(model, batch),
     }
 
 
+def op_breakdown(build):
+    """PyTorch only: self CPU time per op of one eager `apply` on `build()`'s variables."""
+    import torch
+    from torch.profiler import profile
+
+    variables = build().trainable_variables
+    optimizer = LSTMOptimizer.from_preset(PRESET)
+    optimizer.build(variables)
+    rng = np.random.default_rng(0)
+    grads = [1e-3 * rng.standard_normal(v.shape).astype("float32") for v in variables]
+    grads = [keras.ops.convert_to_tensor(g) for g in grads]
+    with torch.no_grad():
+        for _ in range(3):
+            optimizer.apply(grads, variables)
+        with profile() as prof:
+            for _ in range(5):
+                optimizer.apply(grads, variables)
+    times = {e.key: e.self_cpu_time_total / 5e3 for e in prof.key_averages()}
+    top = sorted(times, key=times.get, reverse=True)[:8]
+    return {"total_ms": sum(times.values()), **{k: times[k] for k in top}}
+
+
 def main():
-    x, y = problems._digits_train()
+    digits = problems._digits_train()
+    patches = texture_patches.load("train")
+    cases = {
+        "mlp_64-20-10": (mlp((20,)), digits, 128, 5),
+        "mlp_64-256-256-10": (mlp((256, 256)), digits, 128, 5),
+        "resnet_texture_patches": (resnet, (patches[0][:1024], patches[1][:1024]), 64, 1),
+    }
     backend = keras.backend.backend()
     out = RESULTS / "learned_optimizer_cost.json"
     results = json.loads(out.read_text()) if out.exists() else {}
     results[backend] = {}
-    for name, hidden in MODELS.items():
-        lstm = step_time(hidden, LSTMOptimizer.from_preset("lstm_optimizer_digits_mlp"), x, y)
-        adam = step_time(hidden, keras.optimizers.Adam(1e-3), x, y)
-        results[backend][name] = {
-            "LSTM": lstm,
-            "Adam": adam,
-            "ratio": lstm["median_step_ms"] / adam["median_step_ms"],
+    for name, (build, (x, y), batch, epochs) in cases.items():
+        runs = {
+            "LSTM": LSTMOptimizer.from_preset(PRESET),
+            "LSTM_bfloat16": LSTMOptimizer.from_preset(PRESET, state_dtype="bfloat16"),
+            "Adam": keras.optimizers.Adam(1e-3),
         }
+        row = {k: step_time(build, opt, x, y, batch, epochs) for k, opt in runs.items()}
+        lstm_macs = row["LSTM"]["meta_parameters"]
+        model_macs = row["Adam"]["forward_backward_macs_per_parameter"]
+        adam = row["Adam"]["median_step_ms"]
+        row["ratio"] = row["LSTM"]["median_step_ms"] / adam
+        row["ratio_bfloat16"] = row["LSTM_bfloat16"]["median_step_ms"] / adam
+        row["arithmetic_bound"] = 1 + lstm_macs / model_macs
+        results[backend][name] = row
         print(
-            f"{backend} {name}: LSTM {lstm['median_step_ms']:.2f} ms, "
-            f"Adam {adam['median_step_ms']:.2f} ms, ratio {results[backend][name]['ratio']:.2f}, "
-            f"state floats/param {lstm['state_floats_per_parameter']:.1f} vs "
-            f"{adam['state_floats_per_parameter']:.1f}",
+            f"{backend} {name}: LSTM {row['LSTM']['median_step_ms']:.2f} ms "
+            f"(bfloat16 state {row['LSTM_bfloat16']['median_step_ms']:.2f}), "
+            f"Adam {adam:.2f} ms, ratio {row['ratio']:.2f} (bound {row['arithmetic_bound']:.2f}), "
+            f"state bytes/param {row['LSTM']['state_bytes_per_parameter']:.0f} / "
+            f"{row['LSTM_bfloat16']['state_bytes_per_parameter']:.0f} vs "
+            f"{row['Adam']['state_bytes_per_parameter']:.0f}",
             flush=True,
         )
+    if backend == "torch":
+        results[backend]["op_breakdown_mlp_64-256-256-10_ms"] = op_breakdown(mlp((256, 256)))
+        print(results[backend]["op_breakdown_mlp_64-256-256-10_ms"])
     RESULTS.mkdir(exist_ok=True)
     out.write_text(json.dumps(results, indent=1))
 
