@@ -25,6 +25,7 @@ This module holds the whole optimizer:
   is never changed by `fit`.
 """
 
+import itertools
 import json
 import math
 import os
@@ -448,8 +449,7 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
         self.skipped_updates = self.add_variable((), dtype="float32", name="skipped_updates")
         # Where each variable's coordinates sit in the flat state.
         self._shapes = [tuple(v.shape) for v in var_list]
-        sizes = [math.prod(shape) for shape in self._shapes]
-        self._offsets = [sum(sizes[:k]) for k in range(len(sizes) + 1)]
+        self._offsets = [0, *itertools.accumulate(math.prod(s) for s in self._shapes)]
         self.lstm_state = [
             self.add_variable(
                 (self._offsets[-1], self.units),
