@@ -163,7 +163,14 @@ def cmd_train(args):
     from kzoo.zoo import presets
     from kzoo.zoo import registry
 
-    registry.entry(args.name)  # an unknown name fails before anything is imported
+    item = registry.entry(args.name)  # an unknown name fails before anything is imported
+    options = {}
+    if args.resume:
+        if item.kind != "optimizer":
+            raise ValueError(
+                f"--resume continues a learned optimizer's meta-training; {args.name} is a model."
+            )
+        options["resume"] = True
     if args.virtual_cpus:
         from kzoo import backend
 
@@ -176,8 +183,9 @@ def cmd_train(args):
         seed=args.seed,
         log_dir=args.log_dir,
         distribute=args.distribute == "data-parallel",
+        **options,
     )
-    test = metadata["metrics"]["test"]
+    test = {k: v for k, v in metadata["metrics"]["test"].items() if not isinstance(v, dict)}
     _table([[args.name, *(_fmt(v) for v in test.values())]], ["name", *(f"test {k}" for k in test)])
     target = presets.training_target(args.name, args.zoo, overwrite=True)
     found = presets.locations(args.name)
@@ -351,6 +359,12 @@ def build_parser():
     )
     p.add_argument("--overwrite", action="store_true", help="replace an existing preset")
     p.add_argument("--log-dir", help="TensorBoard log directory")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue a learned optimizer's meta-training from its checkpoint "
+        "(<zoo>/.checkpoints/<name>, written after every epoch) up to --epochs in all",
+    )
     p.add_argument(
         "--distribute",
         choices=["data-parallel"],

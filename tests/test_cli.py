@@ -1,8 +1,10 @@
 """The `kzoo` command and the installed (non-editable) package."""
 
 import dataclasses
+import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -153,6 +155,19 @@ def test_train_writes_to_the_user_zoo_and_list_says_it_shadows(tmp_path, capsys,
     assert f"user: {preset} (SHADOWS the shipped preset)" in row
     err = _fails(capsys, ["train", "lstm_optimizer_quadratic"])
     assert "already holds a preset" in err
+    # Resuming continues the checkpointed run to 3 epochs in all.
+    cli.main(["train", "lstm_optimizer_quadratic", "--epochs", "3", "--resume", "--overwrite"])
+    metadata = json.loads((preset / "metadata.json").read_text())
+    assert metadata["meta_training"]["epochs_run"] == 3
+    assert len(metadata["meta_training"]["history"]["meta_loss"]) == 3
+    shutil.rmtree(preset)  # an interrupted run: a checkpoint, no preset
+    err = _fails(capsys, ["train", "lstm_optimizer_quadratic"])
+    assert "holds the checkpoint of an earlier run" in err and "--resume" in err
+    err = _fails(capsys, ["train", "lnlstm_digits", "--resume"])
+    assert "--resume continues a learned optimizer's meta-training" in err
+    shutil.rmtree(tmp_path / "user_zoo" / ".checkpoints")
+    err = _fails(capsys, ["train", "lstm_optimizer_quadratic", "--resume"])
+    assert "no checkpoint in" in err
 
 
 def test_non_editable_install_loads_the_zoo(tmp_path):

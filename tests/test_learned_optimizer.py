@@ -324,8 +324,11 @@ def test_meta_parameters_that_do_not_fit_are_refused(tmp_path):
 
 
 class _Linear:
-    """f(theta) = c . theta: its gradient does not depend on theta, so the
-    stop-gradient meta-gradient equals the true derivative of the meta-loss."""
+    """f(theta) = c . theta + 50: its gradient does not depend on theta, so the
+    stop-gradient meta-gradient equals the true derivative of the meta-loss
+    (and the loss stays positive, as `"log_ratio"` needs)."""
+
+    name = "linear"
 
     def sample(self, rng, k):
         return [rng.standard_normal((k, 3)).astype("float32")], {
@@ -336,29 +339,91 @@ class _Linear:
         return {}
 
     def loss(self, params, constants, batch):
-        return ops.sum(constants["c"] * params[0], axis=-1)
+        return ops.sum(constants["c"] * params[0], axis=-1) + 50.0
 
 
-def test_meta_gradient_matches_finite_differences():
+@pytest.mark.parametrize("objective", ["sum", "log_ratio"])
+def test_meta_gradient_matches_finite_differences(objective):
+    problem = _Linear()
     trainer = meta.MetaTrainer(
-        _Linear(), units=4, horizon=5, unroll=5, num_problems=2, output_scale=0.5
+        problem,
+        units=4,
+        horizon=5,
+        unroll=5,
+        num_problems=2,
+        output_scale=0.5,
+        objective=objective,
     )
-    params, constants, batches, state = trainer._episode(np.random.default_rng(0), 2)
+    params, constants, _, state, reference = trainer._episode(
+        problem, np.random.default_rng(0), 2, 5
+    )
+    train_unroll, eval_unroll = trainer._functions(problem)
     phi = [np.asarray(ops.convert_to_numpy(v), "float32") for v in trainer.phi]
-    (value, _), grads = trainer._train_unroll(phi, params, state, constants, {})
+    (value, (_, _, losses, _)), grads = train_unroll(phi, params, state, constants, {}, reference)
+    losses = ops.convert_to_numpy(losses)
+    expected = (
+        losses[1:].sum(0).mean()
+        if objective == "sum"
+        else np.log(losses[1:] / losses[0] + meta.LOG_RATIO_FLOOR).mean()
+    )
+    np.testing.assert_allclose(ops.convert_to_numpy(value), expected, rtol=1e-5, atol=1e-6)
     rng = np.random.default_rng(1)
     direction = [rng.standard_normal(p.shape).astype("float32") for p in phi]
     eps = 1e-2
 
-    def objective(sign):
+    def objective_at(sign):
         shifted = [p + sign * eps * d for p, d in zip(phi, direction)]
         return float(
-            ops.convert_to_numpy(trainer._eval_unroll(shifted, params, state, constants, {})[0])
+            ops.convert_to_numpy(eval_unroll(shifted, params, state, constants, {}, reference)[0])
         )
 
-    numeric = (objective(1) - objective(-1)) / (2 * eps)
+    numeric = (objective_at(1) - objective_at(-1)) / (2 * eps)
     analytic = sum(float(np.sum(ops.convert_to_numpy(g) * d)) for g, d in zip(grads, direction))
     np.testing.assert_allclose(analytic, numeric, rtol=2e-2)
+
+
+def _small_general_trainer(**overrides):
+    mixture = problems.Mixture([problems.Quadratic(dim=3), _Linear()], name="small")
+    settings = dict(
+        units=4,
+        horizon=10,
+        max_horizon=30,
+        unroll=5,
+        num_problems=2,
+        validation_problems=2,
+        objective="log_ratio",
+        restart_probability=0.5,
+        clipnorm=1.0,
+        learning_rate=1e-2,
+    )
+    return meta.MetaTrainer(mixture, **{**settings, **overrides})
+
+
+def test_resumed_meta_training_ends_as_an_uninterrupted_run(tmp_path):
+    straight = _small_general_trainer()
+    straight.fit(epochs=2, episodes_per_epoch=3, verbose=0)
+    interrupted = _small_general_trainer()
+    interrupted.fit(epochs=1, episodes_per_epoch=3, verbose=0, checkpoint_dir=tmp_path)
+    resumed = _small_general_trainer()  # a new process: only the checkpoint carries over
+    resumed.restore_checkpoint(tmp_path)
+    assert resumed.epoch == 1
+    history = resumed.fit(epochs=2, episodes_per_epoch=3, verbose=0, checkpoint_dir=tmp_path)
+    assert len(history["meta_loss"]) == 2
+    for key in ("meta_loss", "validation_final_loss"):
+        np.testing.assert_allclose(history[key], straight.history[key], rtol=1e-5)
+    for a, b in zip(resumed.phi, straight.phi):
+        np.testing.assert_allclose(ops.convert_to_numpy(a), ops.convert_to_numpy(b), atol=1e-6)
+    for a, b in zip(resumed.best_phi, straight.best_phi):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    # The meta-parameters moved: the comparison above is not of two no-ops.
+    initial = _small_general_trainer()._phi_arrays()
+    assert (
+        max(np.abs(a - ops.convert_to_numpy(b)).max() for a, b in zip(initial, resumed.phi)) > 1e-3
+    )
+    with pytest.raises(ValueError, match="other settings \\(restart_probability\\)"):
+        _small_general_trainer(restart_probability=0.2).restore_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        _small_general_trainer().restore_checkpoint(tmp_path / "nothing")
 
 
 def test_meta_training_improves_the_optimizer(tmp_path):
@@ -396,3 +461,52 @@ def test_mixed_precision_fit_keeps_float32_state():
     assert isinstance(optimizer, LSTMOptimizer)
     assert all(v.dtype == "float32" for v in optimizer.variables if len(v.shape))
     assert model.layers[0].kernel.dtype == "float32"
+
+
+def _numpy_mlp(x, weights, activation):
+    for i, (w, b) in enumerate(weights):
+        x = x @ w + b
+        if i < len(weights) - 1:
+            x = activation(x)
+    return x
+
+
+def test_problem_families_match_a_numpy_forward_pass():
+    rng = np.random.default_rng(0)
+    elu = lambda z: np.where(z > 0, z, np.expm1(np.minimum(z, 0)))  # noqa: E731
+    for problem, activation in (
+        (problems.MLP("wine", (5, 4), "elu", batch_size=7), elu),
+        (problems.MLP("diabetes", (6,), "tanh", batch_size=7), np.tanh),
+    ):
+        params, constants = problem.sample(rng, 2)
+        batch = {k: v[0] for k, v in problem.batches(rng, 2, 1).items()}
+        got = ops.convert_to_numpy(problem.loss(params, constants, batch))
+        for k in range(2):
+            weights = list(zip(params[0::2], params[1::2]))
+            out = _numpy_mlp(batch["x"][k], [(w[k], b[k]) for w, b in weights], activation)
+            if problem.num_classes:  # cross-entropy
+                log_p = out - np.log(np.exp(out).sum(-1, keepdims=True))
+                expected = -log_p[np.arange(7), batch["y"][k]].mean()
+            else:  # squared error on the standardized target
+                expected = np.mean((out[:, 0] - batch["y"][k][:, 0]) ** 2)
+            np.testing.assert_allclose(got[k], expected, rtol=1e-5)
+
+
+def test_initialization_scales_and_training_horizons_are_drawn_in_range():
+    problem = problems.MLP("digits", (32,), "relu", init_scale=(0.5, 2.0))
+    params, _ = problem.sample(np.random.default_rng(0), 200)
+    glorot = np.sqrt(2.0 / (64 + 32))
+    ratio = params[0].std(axis=(1, 2)) / glorot
+    assert 0.45 < ratio.min() < 0.6 and 1.7 < ratio.max() < 2.1
+    fixed = problems.MLP("digits", (32,), "relu")  # one scale: the paper's stream of numbers
+    a = fixed.sample(np.random.default_rng(0), 3)[0][0]
+    np.testing.assert_allclose(
+        a, glorot * np.random.default_rng(0).standard_normal(a.shape), rtol=1e-6
+    )
+    trainer = _small_general_trainer()
+    horizons = {trainer._training_horizon() for _ in range(200)}
+    assert horizons == {10, 15, 20, 25, 30}
+    with pytest.raises(ValueError, match="max_horizon 12 is not a multiple of unroll 5"):
+        _small_general_trainer(max_horizon=12)
+    with pytest.raises(ValueError, match="objective must be one of"):
+        _small_general_trainer(objective="mean")

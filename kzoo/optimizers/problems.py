@@ -8,11 +8,15 @@ and `batches` draws the per-step minibatches of one episode.
 
 - `Quadratic`: `f(theta) = ||W theta - y||^2` with Gaussian `W`, `y`, `theta_0`
   (the paper's 10-d quadratics).
-- `DigitsMLP`: cross-entropy of an MLP (default one hidden layer of 20 sigmoid
-  units) on minibatches of 128 of scikit-learn's 8x8 digits (the stand-in for
-  MNIST); sizes and activation are arguments for the transfer experiments.
-- `DigitsCNN`: a small CNN (two 3x3 conv + pooling stages, then a linear
-  classifier) on the same digits as 8x8 images.
+- `MLP`: an MLP (or a linear model) on one of the local `DATASETS`
+  (scikit-learn's bundled and synthetic sets, the digits, the texture patches
+  at 8x8): cross-entropy for classification, squared error for regression.
+- `CNN`: a small CNN (two 3x3 conv + pooling stages, then a linear
+  classifier) on the 8x8 image datasets.
+- `DigitsMLP`, `DigitsCNN`: the paper's MNIST experiments at the digits' scale
+  (minibatches of 128, sigmoid units), the families of the first presets.
+- `Mixture`: a distribution over families (one drawn per episode);
+  `general_training_distribution()` is the one of `lstm_optimizer_general`.
 
 Losses are written with `keras.ops`; sampling is numpy (seeded).
 """
@@ -54,15 +58,12 @@ class Quadratic:
         return ops.sum(ops.square(residual), axis=-1)
 
 
-def _digits_train():
-    x, y = digits.load("train")
-    return x.reshape(len(x), -1), y
-
-
-def _gaussian_weight(rng, shape):
-    # IID Gaussian (as in the paper) with Glorot's variance.
+def _gaussian_weight(rng, shape, scale=1.0):
+    # IID Gaussian (as in the paper) with Glorot's variance, times `scale`
+    # (one factor per problem, broadcast over the problem axis).
     std = np.sqrt(2.0 / (shape[-2] + shape[-1]))
-    return (std * rng.standard_normal(shape)).astype("float32")
+    noise = rng.standard_normal(shape)
+    return (std * np.reshape(scale, (-1,) + (1,) * (len(shape) - 1)) * noise).astype("float32")
 
 
 def _cross_entropy(logits, labels):
@@ -71,20 +72,142 @@ def _cross_entropy(logits, labels):
     return -ops.mean(ops.squeeze(picked, -1), axis=-1)
 
 
-class _Digits:
-    batch_size = 128
+def _standardized(x):
+    x = np.asarray(x, "float64")
+    return ((x - x.mean(0)) / (x.std(0) + 1e-8)).astype("float32")
 
-    def __init__(self):
-        self.x, self.y = _digits_train()
+
+def _load_dataset(name):
+    """`(x (n, d) float32, y, num_classes)`; `num_classes` 0 for regression."""
+    import sklearn.datasets as sk
+
+    if name in ("digits", "texture_patches_8x8"):
+        if name == "digits":
+            x, y = digits.load("train")
+        else:
+            from kzoo.datasets import texture_patches
+
+            x, y = texture_patches.load("train")  # (n, 32, 32, 1), standardized
+            x = x.reshape(len(x), 8, 4, 8, 4).mean(axis=(2, 4))
+        return x.reshape(len(x), -1).astype("float32"), y.astype("int32"), int(y.max()) + 1
+    if name in ("wine", "breast_cancer", "iris"):
+        x, y = getattr(sk, f"load_{name}")(return_X_y=True)
+        return _standardized(x), y.astype("int32"), int(y.max()) + 1
+    if name == "synthetic_classification":
+        x, y = sk.make_classification(
+            n_samples=2000, n_features=20, n_informative=10, n_classes=4, random_state=0
+        )
+        return _standardized(x), y.astype("int32"), 4
+    if name in ("diabetes", "synthetic_regression"):
+        if name == "diabetes":
+            x, y = sk.load_diabetes(return_X_y=True)
+        else:
+            x, y = sk.make_regression(n_samples=2000, n_features=20, noise=10.0, random_state=0)
+        return _standardized(x), _standardized(y[:, None]), 0
+    raise ValueError(f"problems: unknown dataset {name!r}; use one of {DATASETS}.")
+
+
+DATASETS = (
+    "digits",
+    "texture_patches_8x8",
+    "wine",
+    "breast_cancer",
+    "iris",
+    "synthetic_classification",
+    "diabetes",
+    "synthetic_regression",
+)
+IMAGE_DATASETS = ("digits", "texture_patches_8x8")  # 8x8 single-channel images
+ACTIVATIONS = {
+    "sigmoid": ops.sigmoid,
+    "tanh": ops.tanh,
+    "relu": ops.relu,
+    "elu": ops.elu,
+}
+
+
+class _Supervised:
+    """Minibatches of a local dataset's train split, with per-problem
+    initialization scales drawn log-uniformly from `init_scale`."""
+
+    def __init__(self, dataset, batch_size, init_scale):
+        self.dataset, self.batch_size = dataset, batch_size
+        self.init_scale = tuple(float(s) for s in np.broadcast_to(init_scale, (2,)))
+        self.x, self.y, self.num_classes = _load_dataset(dataset)
+
+    def _scales(self, rng, num_problems):
+        low, high = self.init_scale
+        if low == high:  # no draw: the stream of a fixed scale stays the paper's
+            return np.full((num_problems,), low)
+        return np.exp(rng.uniform(np.log(low), np.log(high), num_problems))
 
     def batches(self, rng, num_problems, steps):
-        """Minibatches of the digits train split: `x (steps, K, 128, 64)`, `y`."""
+        """Minibatches: `x (steps, K, batch, d)`, `y (steps, K, batch[, 1])`."""
         idx = rng.integers(0, len(self.x), (steps, num_problems, self.batch_size))
         return {"x": self.x[idx], "y": self.y[idx]}
 
+    def _loss(self, outputs, targets):
+        if self.num_classes:
+            return _cross_entropy(outputs, targets)
+        return ops.mean(ops.square(outputs[..., 0] - targets[..., 0]), axis=-1)
 
-class DigitsMLP(_Digits):
-    """MLPs on scikit-learn's digits (64 inputs, 10 classes), minibatch 128.
+    @property
+    def _outputs(self):
+        return self.num_classes or 1
+
+
+class MLP(_Supervised):
+    """MLPs (or, with no hidden layer, softmax/linear regression) on a local
+    dataset: cross-entropy for classification, mean squared error for
+    regression (standardized targets).
+
+    Args:
+        dataset: one of `DATASETS`.
+        hidden: sizes of the hidden layers (`()`: a linear model).
+        activation: one of `ACTIVATIONS`.
+        batch_size: minibatch size.
+        init_scale: factor on the Glorot-variance Gaussian initialization, or
+            a `(low, high)` range drawn log-uniformly per problem.
+    """
+
+    def __init__(
+        self, dataset="digits", hidden=(20,), activation="sigmoid", batch_size=128, init_scale=1.0
+    ):
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"MLP: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}."
+            )
+        super().__init__(dataset, batch_size, init_scale)
+        self.hidden, self.activation = tuple(hidden), activation
+        arch = f"mlp_{'x'.join(map(str, hidden))}_{activation}" if hidden else "linear"
+        self.name = f"{dataset}_{arch}_b{batch_size}"
+
+    def sample(self, rng, num_problems):
+        """`(params, constants)`: weights `(K, in, out)` and zero biases."""
+        scale = self._scales(rng, num_problems)
+        sizes = [self.x.shape[1], *self.hidden, self._outputs]
+        params = []
+        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
+            params += [
+                _gaussian_weight(rng, (num_problems, fan_in, fan_out), scale),
+                np.zeros((num_problems, fan_out), "float32"),
+            ]
+        return params, {}
+
+    def loss(self, params, constants, batch):
+        """The `K` losses, `(K,)`."""
+        h = ops.convert_to_tensor(batch["x"])
+        layers = len(params) // 2
+        for i in range(layers):
+            h = ops.einsum("kbi,kio->kbo", h, params[2 * i]) + params[2 * i + 1][:, None, :]
+            if i < layers - 1:
+                h = ACTIVATIONS[self.activation](h)
+        return self._loss(h, batch["y"])
+
+
+class DigitsMLP(MLP):
+    """MLPs on scikit-learn's digits (64 inputs, 10 classes), minibatch 128
+    (the paper's MNIST experiment at the digits' scale).
 
     Args:
         hidden: sizes of the hidden layers.
@@ -92,57 +215,51 @@ class DigitsMLP(_Digits):
     """
 
     def __init__(self, hidden=(20,), activation="sigmoid"):
-        super().__init__()
         if activation not in ("sigmoid", "relu"):
             raise ValueError(f"DigitsMLP: activation must be sigmoid or relu, got {activation!r}.")
-        self.hidden, self.activation = tuple(hidden), activation
+        super().__init__("digits", hidden, activation)
         self.name = f"digits_mlp_{'x'.join(map(str, hidden))}_{activation}"
 
-    def sample(self, rng, num_problems):
-        sizes = [64, *self.hidden, 10]
-        params = []
-        for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
-            params += [
-                _gaussian_weight(rng, (num_problems, fan_in, fan_out)),
-                np.zeros((num_problems, fan_out), "float32"),
-            ]
-        return params, {}
 
-    def loss(self, params, constants, batch):
-        h = ops.convert_to_tensor(batch["x"])
-        act = ops.sigmoid if self.activation == "sigmoid" else ops.relu
-        layers = len(params) // 2
-        for i in range(layers):
-            h = ops.einsum("kbi,kio->kbo", h, params[2 * i]) + params[2 * i + 1][:, None, :]
-            if i < layers - 1:
-                h = act(h)
-        return _cross_entropy(h, batch["y"])
-
-
-class DigitsCNN(_Digits):
-    """Small CNNs on the digits as 8x8 images: two stages of 3x3 conv (same
-    padding, sigmoid) and 2x2 average pooling, then a linear classifier.
+class CNN(_Supervised):
+    """Small CNNs on 8x8 single-channel images: two stages of 3x3 conv (same
+    padding) and 2x2 average pooling, then a linear classifier.
 
     Args:
+        dataset: one of `IMAGE_DATASETS`.
         channels: channels of the two conv layers.
+        activation: one of `ACTIVATIONS`.
+        batch_size: minibatch size.
+        init_scale: as for `MLP`.
     """
 
-    name = "digits_cnn"
-
-    def __init__(self, channels=8):
-        super().__init__()
-        self.channels = channels
+    def __init__(
+        self, dataset="digits", channels=8, activation="sigmoid", batch_size=128, init_scale=1.0
+    ):
+        if dataset not in IMAGE_DATASETS:
+            raise ValueError(f"CNN: dataset must be one of {IMAGE_DATASETS}, got {dataset!r}.")
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"CNN: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}."
+            )
+        super().__init__(dataset, batch_size, init_scale)
+        self.channels, self.activation = channels, activation
+        self.name = f"{dataset}_cnn_{channels}_{activation}_b{batch_size}"
 
     def sample(self, rng, num_problems):
+        """`(params, constants)`: two conv kernels `(K, 9 * in, out)`, the
+        classifier, and zero biases."""
+        scale = self._scales(rng, num_problems)
         k, c = num_problems, self.channels
-        shapes = [(k, 9 * 1, c), (k, c), (k, 9 * c, c), (k, c), (k, 4 * c, 10), (k, 10)]
+        shapes = [(k, 9 * 1, c), (k, c), (k, 9 * c, c), (k, c), (k, 4 * c, self._outputs)]
+        shapes.append((k, self._outputs))
         params = [
-            _gaussian_weight(rng, s) if len(s) == 3 else np.zeros(s, "float32") for s in shapes
+            _gaussian_weight(rng, s, scale) if len(s) == 3 else np.zeros(s, "float32")
+            for s in shapes
         ]
         return params, {}
 
-    @staticmethod
-    def _conv_pool(h, kernel, bias):
+    def _conv_pool(self, h, kernel, bias):
         # h: (K, B, H, W, C); a 3x3 "same" convolution with per-problem
         # kernels, written as one contraction over the nine shifted copies.
         size = h.shape[2]
@@ -151,7 +268,7 @@ class DigitsCNN(_Digits):
             [padded[:, :, i : i + size, j : j + size, :] for i in range(3) for j in range(3)],
             axis=-1,
         )
-        h = ops.sigmoid(
+        h = ACTIVATIONS[self.activation](
             ops.einsum("kbhwi,kio->kbhwo", patches, kernel) + bias[:, None, None, None, :]
         )
         k, b, _, _, c = h.shape
@@ -159,17 +276,87 @@ class DigitsCNN(_Digits):
         return ops.mean(h, axis=(3, 5))
 
     def loss(self, params, constants, batch):
+        """The `K` losses, `(K,)`."""
         x = ops.convert_to_tensor(batch["x"])
         h = ops.reshape(x, (*x.shape[:2], 8, 8, 1))
         h = self._conv_pool(h, params[0], params[1])
         h = self._conv_pool(h, params[2], params[3])
         h = ops.reshape(h, (*h.shape[:2], -1))
         logits = ops.einsum("kbi,kio->kbo", h, params[4]) + params[5][:, None, :]
-        return _cross_entropy(logits, batch["y"])
+        return self._loss(logits, batch["y"])
+
+
+class DigitsCNN(CNN):
+    """The paper's small CNN at the digits' scale: `CNN` on the digits with
+    sigmoid units and minibatches of 128.
+
+    Args:
+        channels: channels of the two conv layers.
+    """
+
+    def __init__(self, channels=8):
+        super().__init__("digits", channels, "sigmoid", 128)
+        self.name = "digits_cnn"
+
+
+class Mixture:
+    """A distribution over problem families: each episode of meta-training
+    draws one member (uniformly), then its problems.
+
+    Args:
+        members: problem family instances (distinct `name`s).
+        name: the mixture's name.
+    """
+
+    def __init__(self, members, name="mixture"):
+        names = [m.name for m in members]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Mixture: member names must be distinct, got {names}.")
+        self.members, self.name = list(members), name
+
+    def draw(self, rng):
+        """One member family."""
+        return self.members[rng.integers(len(self.members))]
+
+
+def general_training_distribution():
+    """The meta-training distribution of `lstm_optimizer_general`.
+
+    Fourteen families on five local datasets (documented in
+    `docs/learned_optimizer_general.md`, with the held-out split that is never
+    used here): the 10-d quadratics; on the digits, sigmoid, tanh and ReLU
+    MLPs of one or two hidden layers, softmax regression and sigmoid and ReLU
+    CNNs; on the wine data, softmax regression and a tanh MLP; on scikit-learn's
+    synthetic classification data, a ReLU and a two-layer tanh MLP; on its
+    synthetic regression data, linear regression and a ReLU MLP. Batch sizes
+    are 32, 64 or 128 and every initialization scale is drawn per problem
+    from `[0.5, 2]` times Glorot's.
+    """
+    scale = (0.5, 2.0)
+    return Mixture(
+        [
+            Quadratic(),
+            MLP("digits", (20,), "sigmoid", 128, scale),
+            MLP("digits", (32,), "tanh", 64, scale),
+            MLP("digits", (32,), "relu", 128, scale),
+            MLP("digits", (16, 16), "relu", 32, scale),
+            MLP("digits", (), "sigmoid", 128, scale),
+            CNN("digits", 8, "sigmoid", 64, scale),
+            CNN("digits", 8, "relu", 32, scale),
+            MLP("wine", (), "sigmoid", 32, scale),
+            MLP("wine", (16,), "tanh", 32, scale),
+            MLP("synthetic_classification", (32,), "relu", 64, scale),
+            MLP("synthetic_classification", (32, 32), "tanh", 128, scale),
+            MLP("synthetic_regression", (), "sigmoid", 32, scale),
+            MLP("synthetic_regression", (32,), "relu", 64, scale),
+        ],
+        name="general",
+    )
 
 
 FAMILIES = {
     "quadratic": Quadratic,
     "digits_mlp": DigitsMLP,
     "digits_cnn": DigitsCNN,
+    "general": general_training_distribution,
 }

@@ -6,9 +6,7 @@ architecture and the meta-training settings); its preset holds the
 architecture and the meta-parameters `phi` (`kzoo.optimizers.learned`).
 """
 
-import dataclasses
 import sys
-import time
 
 import keras
 
@@ -25,6 +23,15 @@ def _optimizer_entry(entry):
     return entry, TASKS[entry.task]
 
 
+CHECKPOINTS = ".checkpoints"
+
+
+def checkpoint_dir(target):
+    """Where the meta-training of the preset `target` keeps its checkpoint:
+    `<zoo>/.checkpoints/<name>` (a run's whole state after each epoch)."""
+    return target.parent / CHECKPOINTS / target.name
+
+
 def train(
     entry,
     zoo_dir=None,
@@ -34,22 +41,35 @@ def train(
     log_dir=None,
     distribute=False,
     verbose=1,
+    resume=False,
 ):
     """Meta-trains a registered learned optimizer and saves it to the zoo.
+
+    The run's state is checkpointed after every epoch
+    (`checkpoint_dir(target)`); `resume=True` continues the interrupted or
+    finished run there (up to `epochs` in all) and ends exactly as an
+    uninterrupted run would.
 
     Args:
         entry: the optimizer's `Entry`.
         zoo_dir: the zoo directory; the preset goes to `zoo_dir/name`
             (default: the user's zoo, `kzoo.zoo.presets.user_zoo()`).
-        epochs: maximum epochs (default: the task's).
-        overwrite: replace an existing preset.
+        epochs: maximum epochs in all (default: the task's).
+        overwrite: replace an existing preset, and start over where a
+            checkpoint exists.
         seed: seed of `phi`'s initialization and the training problems.
         log_dir: TensorBoard directory.
         distribute: must be false: meta-training runs on one device.
         verbose: progress output.
+        resume: continue from the checkpoint.
 
     Returns:
         `(phi, metadata)`.
+
+    Raises:
+        FileExistsError: a checkpoint exists and neither `resume` nor
+            `overwrite` says what to do with it.
+        FileNotFoundError: `resume` without a checkpoint.
     """
     entry, task = _optimizer_entry(entry)
     if distribute:
@@ -58,20 +78,28 @@ def train(
             "meta-training runs on one device."
         )
     target = presets.training_target(entry.name, zoo_dir, overwrite)
+    checkpoint = checkpoint_dir(target)
     epochs = presets.epochs_or_default(epochs, task.epochs)
     keras.utils.set_random_seed(seed)
     trainer = meta.MetaTrainer(problems.FAMILIES[task.family](), seed=seed, **entry.args)
-    start = time.time()
+    if resume:
+        trainer.restore_checkpoint(checkpoint)
+    elif (checkpoint / meta.CHECKPOINT_STATE).exists() and not overwrite:
+        raise FileExistsError(
+            f"{checkpoint} holds the checkpoint of an earlier run; pass resume=True "
+            "(CLI: --resume) to continue it or overwrite=True (CLI: --overwrite) to start over."
+        )
     history = trainer.fit(
         epochs=epochs,
         episodes_per_epoch=task.episodes_per_epoch,
         patience=task.patience,
         log_dir=log_dir,
         verbose=verbose,
+        checkpoint_dir=checkpoint,
     )
-    seconds = time.time() - start
-    test = trainer.run(trainer.best_phi, meta.TEST_SEED, trainer.validation_problems)
+    test = trainer.run_all(trainer.best_phi, meta.TEST_SEED, trainer.validation_problems)
     architecture = {k: trainer.architecture[k] for k in learned.ARCHITECTURE_KEYS}
+    settings = {k: v for k, v in trainer._settings().items() if k != "problem"}
     metadata = {
         "description": entry.description,
         "task": task.name,
@@ -80,17 +108,18 @@ def train(
         "training_command": f"KERAS_BACKEND={keras.backend.backend()} kzoo train {entry.name} "
         f"--epochs {epochs} --seed {seed}",
         "meta_training": {
-            **{k: v for k, v in dataclasses.asdict(trainer).items() if k != "problem"},
+            **settings,
             "episodes_per_epoch": task.episodes_per_epoch,
             "patience": task.patience,
             "epochs_run": len(history["meta_loss"]),
             "best_epoch": history["best_epoch"],
-            "seconds": round(seconds, 1),
+            "seconds": round(trainer.seconds, 1),
+            "skipped_meta_updates": trainer.skipped,
             "history": history,
         },
         "metrics": {
             "validation": {"final_loss": min(history["validation_final_loss"])},
-            "test": _scores(test),
+            "test": _scores(trainer, test),
         },
     }
     metadata = learned.save_meta_parameters(
@@ -101,11 +130,28 @@ def train(
     return trainer.best_phi, metadata
 
 
-def _scores(curves):
+def _scores(trainer, curves):
+    """Test scores of `MetaTrainer.run_all`'s curves: for one family the mean
+    final and mean loss; for a mixture the same for each family and, as
+    `final_loss` / `mean_loss`, the trainer's `score` (the mean over families
+    of the log of the loss relative to the initial loss)."""
+    problems_run = int(next(iter(curves.values())).shape[1])
+    if len(curves) == 1 and trainer.objective == "sum":
+        (c,) = curves.values()
+        return {
+            "final_loss": float(c[-1].mean()),
+            "mean_loss": float(c[1:].mean()),
+            "problems": problems_run,
+        }
+    final, mean = trainer.score(curves)
     return {
-        "final_loss": float(curves[-1].mean()),
-        "mean_loss": float(curves[1:].mean()),
-        "problems": int(curves.shape[1]),
+        "final_loss": final,
+        "mean_loss": mean,
+        "problems": problems_run,
+        "families": {
+            name: {"final_loss": float(c[-1].mean()), "initial_loss": float(c[0].mean())}
+            for name, c in curves.items()
+        },
     }
 
 
@@ -114,13 +160,15 @@ def evaluate(entry, verbose=0):
     problems (as many as recorded at training).
 
     Returns:
-        `{"final_loss", "mean_loss", "problems"}`.
+        `{"final_loss", "mean_loss", "problems"}` (and, for a mixture,
+        `"families"`).
     """
     entry, task = _optimizer_entry(entry)
     _, metadata = presets.read_metadata(entry.name, kind="optimizer")
     phi, architecture = learned.load_meta_parameters(entry.name)
     trainer = meta.MetaTrainer(problems.FAMILIES[task.family](), **{**entry.args, **architecture})
-    return _scores(trainer.run(phi, meta.TEST_SEED, metadata["metrics"]["test"]["problems"]))
+    test = trainer.run_all(phi, meta.TEST_SEED, metadata["metrics"]["test"]["problems"])
+    return _scores(trainer, test)
 
 
 def export(entry, base_dir=None, version=None):

@@ -394,3 +394,23 @@ register(
     learning_rate=1e-3,
     validation_problems=64,
 )
+register(
+    "lstm_optimizer_general",
+    "optimizer",
+    "kzoo.optimizers.learned:LSTMOptimizer",
+    task="meta_general",
+    description="LSTM optimizer meta-trained on 14 kinds of small problems (MLPs, CNNs, "
+    "linear models; 5 datasets), horizons 200-1000 (preprocessing, output scale 0.1)",
+    preprocess=True,
+    output_scale=0.1,
+    num_problems=8,
+    learning_rate=1e-3,
+    validation_problems=8,
+    horizon=200,
+    max_horizon=1000,
+    validation_horizon=400,
+    objective="log_ratio",
+    restart_probability=0.1,
+    clipnorm=1.0,
+    init_from="lstm_optimizer_digits_mlp",
+)

@@ -218,4 +218,14 @@ TASKS = {
         episodes_per_epoch=20,
         patience=10,
     ),
+    "meta_general": MetaTask(
+        name="meta_general",
+        family="general",
+        dataset="14 families of small problems on 5 local datasets (quadratics; MLPs, CNNs "
+        "and linear models on the digits, wine, synthetic classification and regression; "
+        "kzoo.optimizers.problems.general_training_distribution)",
+        epochs=200,
+        episodes_per_epoch=10,
+        patience=30,
+    ),
 }
