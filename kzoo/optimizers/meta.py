@@ -262,6 +262,7 @@ class MetaTrainer:
         self._compiled = {}
         # Progress of `fit`, saved by `save_checkpoint`.
         self.epoch, self.best, self.waited, self.skipped, self.seconds = 0, np.inf, 0, 0, 0.0
+        self.backends = {}  # backend -> epochs it ran
         self.history = {"meta_loss": [], "validation_final_loss": [], "validation_mean_loss": []}
         self.best_phi = self._phi_arrays()
 
@@ -477,6 +478,8 @@ class MetaTrainer:
                 self.waited += 1
             self.epoch += 1
             self.seconds += time.time() - start
+            backend_name = keras.backend.backend()
+            self.backends[backend_name] = self.backends.get(backend_name, 0) + 1
             if checkpoint_dir is not None:
                 self.save_checkpoint(checkpoint_dir)
         history = dict(self.history)
@@ -509,6 +512,7 @@ class MetaTrainer:
             "waited": self.waited,
             "skipped": self.skipped,
             "seconds": self.seconds,
+            "backends": self.backends,
             "history": self.history,
             "rng": self._rng.bit_generator.state,
         }
@@ -547,6 +551,6 @@ class MetaTrainer:
                 v.assign(arrays[f"meta_optimizer_{i}"])
         self.epoch, self.best = state["epoch"], state["best"]
         self.waited, self.skipped = state["waited"], state["skipped"]
-        self.seconds = state["seconds"]
+        self.seconds, self.backends = state["seconds"], state["backends"]
         self.history = state["history"]
         self._rng.bit_generator.state = state["rng"]

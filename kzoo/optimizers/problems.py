@@ -98,9 +98,11 @@ def _load_dataset(name):
             n_samples=2000, n_features=20, n_informative=10, n_classes=4, random_state=0
         )
         return _standardized(x), y.astype("int32"), 4
-    if name in ("diabetes", "synthetic_regression"):
+    if name in ("diabetes", "synthetic_regression", "friedman"):
         if name == "diabetes":
             x, y = sk.load_diabetes(return_X_y=True)
+        elif name == "friedman":  # nonlinear, with noise: its loss has a floor
+            x, y = sk.make_friedman1(n_samples=2000, n_features=10, noise=1.0, random_state=0)
         else:
             x, y = sk.make_regression(n_samples=2000, n_features=20, noise=10.0, random_state=0)
         return _standardized(x), _standardized(y[:, None]), 0
@@ -116,6 +118,7 @@ DATASETS = (
     "synthetic_classification",
     "diabetes",
     "synthetic_regression",
+    "friedman",
 )
 IMAGE_DATASETS = ("digits", "texture_patches_8x8")  # 8x8 single-channel images
 ACTIVATIONS = {

@@ -99,13 +99,15 @@ def train(
     )
     test = trainer.run_all(trainer.best_phi, meta.TEST_SEED, trainer.validation_problems)
     architecture = {k: trainer.architecture[k] for k in learned.ARCHITECTURE_KEYS}
+    backend_name = keras.backend.backend()
+    main_backend = max(trainer.backends, key=trainer.backends.get, default=backend_name)
     settings = {k: v for k, v in trainer._settings().items() if k != "problem"}
     metadata = {
         "description": entry.description,
         "task": task.name,
         "problem_family": task.family,
         "dataset": task.dataset,
-        "training_command": f"KERAS_BACKEND={keras.backend.backend()} kzoo train {entry.name} "
+        "training_command": f"KERAS_BACKEND={main_backend} kzoo train {entry.name} "
         f"--epochs {epochs} --seed {seed}",
         "meta_training": {
             **settings,
@@ -115,6 +117,8 @@ def train(
             "best_epoch": history["best_epoch"],
             "seconds": round(trainer.seconds, 1),
             "skipped_meta_updates": trainer.skipped,
+            "epochs_per_backend": trainer.backends,
+            "test_backend": backend_name,
             "history": history,
         },
         "metrics": {
