@@ -83,7 +83,7 @@ def part_optimizer(quick):
     from kzoo.optimizers import LSTMOptimizer
     from kzoo.optimizers import problems
 
-    x, y = problems._digits_train()
+    x, y, _ = problems.load_dataset("digits")
     if quick:
         x, y = x[:256], y[:256]
     hidden = (256, 256)

@@ -125,7 +125,7 @@ def op_breakdown(build):
 
 
 def main():
-    digits = problems._digits_train()
+    digits = problems.load_dataset("digits")[:2]
     patches = texture_patches.load("train")
     cases = {
         "mlp_64-20-10": (mlp((20,)), digits, 128, 5),

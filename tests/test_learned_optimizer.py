@@ -86,7 +86,7 @@ def _digits_model():
 
 
 def _digits():
-    x, y = problems._digits_train()
+    x, y, _ = problems.load_dataset("digits")
     return x[:512], y[:512]
 
 

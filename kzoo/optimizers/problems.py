@@ -77,8 +77,23 @@ def _standardized(x):
     return ((x - x.mean(0)) / (x.std(0) + 1e-8)).astype("float32")
 
 
-def _load_dataset(name):
-    """`(x (n, d) float32, y, num_classes)`; `num_classes` 0 for regression."""
+def load_dataset(name):
+    """The training data of a problem family: `(x, y, num_classes)`.
+
+    Args:
+        name: one of `DATASETS`.
+
+    Returns:
+        `x` float32 `(n, d)` (the 8x8 images flattened), `y` int32 class
+        indices, or float32 `(n, 1)` standardized targets with
+        `num_classes` 0 for regression.
+
+    Example:
+
+    >>> x, y, num_classes = load_dataset("wine")
+    >>> x.shape, num_classes
+    ((178, 13), 3)
+    """
     import sklearn.datasets as sk
 
     if name in ("digits", "texture_patches_8x8"):
@@ -136,7 +151,7 @@ class _Supervised:
     def __init__(self, dataset, batch_size, init_scale):
         self.dataset, self.batch_size = dataset, batch_size
         self.init_scale = tuple(float(s) for s in np.broadcast_to(init_scale, (2,)))
-        self.x, self.y, self.num_classes = _load_dataset(dataset)
+        self.x, self.y, self.num_classes = load_dataset(dataset)
 
     def _scales(self, rng, num_problems):
         low, high = self.init_scale
