@@ -10,8 +10,9 @@ Held-out split (never used in meta-training; the training split is
   8x8, minibatch 128 (dataset never seen, wider net);
 - `texture_cnn_relu`: the small ReLU CNN on the texture patches at 8x8,
   minibatch 64 (dataset never seen);
-- `digits_mlp_elu_3_layers`: a three-layer ELU MLP (32, 32, 32) on the digits,
-  minibatch 128 (activation and depth never seen);
+- `texture_mlp_elu_3_layers`: a three-layer ELU MLP (32, 32, 32) on the
+  texture patches at 8x8, minibatch 128 (dataset, activation and depth never
+  seen);
 - `diabetes_mlp_tanh`: a tanh MLP (16) regressing scikit-learn's diabetes
   target, minibatch 32 (dataset never seen).
 
@@ -63,7 +64,9 @@ HELD_OUT = {
     "friedman_mlp_relu": lambda: problems.MLP("friedman", (32,), "relu", 64),
     "texture_mlp_relu": lambda: problems.MLP("texture_patches_8x8", (64, 64), "relu", 128),
     "texture_cnn_relu": lambda: problems.CNN("texture_patches_8x8", 8, "relu", 64),
-    "digits_mlp_elu_3_layers": lambda: problems.MLP("digits", (32, 32, 32), "elu", 128),
+    "texture_mlp_elu_3_layers": lambda: problems.MLP(
+        "texture_patches_8x8", (32, 32, 32), "elu", 128
+    ),
     "diabetes_mlp_tanh": lambda: problems.MLP("diabetes", (16,), "tanh", 32),
 }
 GENERAL_ARCHITECTURE = dict(
@@ -175,6 +178,35 @@ def plot(results, path):
     plt.close(fig)
 
 
+def table(results):
+    """The BENCHMARKS.md table: mean final loss (std over seeds) per task."""
+    learned = [k for k in next(iter(results.values()))["learned"]]
+    columns = [*learned, "Adam default", "best default", "best tuned"]
+    lines = ["| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
+    for name, res in results.items():
+        base = res["baselines"]
+        best_default = min(
+            (k for k in base if k.endswith("default")), key=lambda k: base[k]["final_mean"]
+        )
+        best_tuned = min(
+            (k for k in base if k.endswith("tuned")), key=lambda k: base[k]["final_mean"]
+        )
+        cells = []
+        for label in learned:
+            row = res["learned"][label]
+            cells.append(
+                f"{row['final_mean']:.3g} ± {row['final_std']:.2g} ({row['over_best_tuned']:.2f}×)"
+            )
+        cells.append(f"{base['Adam default']['final_mean']:.3g}")
+        cells.append(f"{base[best_default]['final_mean']:.3g} ({best_default.split()[0]})")
+        tuned = base[best_tuned]
+        cells.append(
+            f"{tuned['final_mean']:.3g} ({best_tuned.split()[0]} {tuned['learning_rate']:g})"
+        )
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _learned_optimizers(args):
     makers = {name: (lambda n=name: LSTMOptimizer.from_preset(n)) for name in args.learned}
     if args.checkpoint:
@@ -198,9 +230,12 @@ def main():
     parser.add_argument("--problems", type=int, default=8)
     parser.add_argument("--tune-problems", type=int, default=8)
     parser.add_argument("--retune", action="store_true", help="recompute the baselines")
+    parser.add_argument("--table", action="store_true", help="print BENCHMARKS.md's table")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     stored = json.loads(OUT.read_text()) if OUT.exists() else {}
+    if args.table:
+        return print(table({n: stored["tasks"][n] for n in HELD_OUT if n in stored["tasks"]}))
     results = {k: v for k, v in stored.get("tasks", {}).items() if k in HELD_OUT}
     seeds = [meta.TEST_SEED + i for i in range(args.seeds)]
     settings = {
@@ -225,11 +260,11 @@ def main():
             result["baselines"] = baselines(
                 problem, seeds, args.problems, args.horizon, args.tune_problems
             )
+        # A checkpoint's row is kept only until the next run of the task.
+        result["learned"] = {
+            k: v for k, v in result["learned"].items() if not k.startswith("checkpoint")
+        }
         for label, make in _learned_optimizers(args).items():
-            if label.startswith("checkpoint"):  # only the latest checkpoint's row is kept
-                result["learned"] = {
-                    k: v for k, v in result["learned"].items() if not k.startswith("checkpoint")
-                }
             result["learned"][label] = run_seeds(make, problem, seeds, args.problems, args.horizon)
         compare(result)
         for label, row in result["learned"].items():

@@ -65,6 +65,7 @@ def test_readme_zoo_table_matches_the_presets_metadata():
         checked.add(name)
     assert checked == set(presets.available_presets()) - {
         "lstm_optimizer_digits_mlp",
+        "lstm_optimizer_general",
         "lstm_optimizer_quadratic",
     }, checked
 
@@ -75,12 +76,13 @@ def test_readme_learned_optimizer_table_matches_the_presets_metadata():
     from kzoo.zoo import presets
 
     rows = re.findall(
-        r"^\| `(lstm_optimizer_\w+)` \| [^|]+ \| ([\d.]+) \((\d+) problems\) \|",
+        r"^\| `(lstm_optimizer_\w+)` \| [^|]+ \| (-?[\d.]+) \((\d+) problems(?: per family)?\) \|",
         (ROOT / "README.md").read_text(),
         re.M,
     )
     assert {name for name, _, _ in rows} == {
         "lstm_optimizer_digits_mlp",
+        "lstm_optimizer_general",
         "lstm_optimizer_quadratic",
     }
     for name, shown, problems in rows:

@@ -136,7 +136,7 @@ def list_entries(filter=None, kind=None, pretrained=None):
     Example:
 
     >>> list_entries("lstm_optimizer_*")
-    ['lstm_optimizer_digits_mlp', 'lstm_optimizer_quadratic']
+    ['lstm_optimizer_digits_mlp', 'lstm_optimizer_general', 'lstm_optimizer_quadratic']
     """
     names = sorted(
         n
