@@ -510,3 +510,5 @@ def test_initialization_scales_and_training_horizons_are_drawn_in_range():
         _small_general_trainer(max_horizon=12)
     with pytest.raises(ValueError, match="objective must be one of"):
         _small_general_trainer(objective="mean")
+    with pytest.raises(ValueError, match="a mixture of families needs objective='log_ratio'"):
+        _small_general_trainer(objective="sum")

@@ -229,6 +229,11 @@ class MetaTrainer:
             raise ValueError(
                 f"MetaTrainer: objective must be one of {OBJECTIVES}, got {self.objective!r}."
             )
+        if hasattr(self.problem, "draw") and self.objective != "log_ratio":
+            raise ValueError(
+                "MetaTrainer: a mixture of families needs objective='log_ratio' (the sum of "
+                "losses would weigh the families by their loss scale)."
+            )
         self.architecture = {
             "units": self.units,
             "num_layers": self.num_layers,
@@ -329,7 +334,8 @@ class MetaTrainer:
         )
         values = []
         for k in range(horizon // self.unroll):
-            if k and self._rng.uniform() < self.restart_probability:
+            # (No draw without restarts: the stream of the first presets' runs.)
+            if k and self.restart_probability and self._rng.uniform() < self.restart_probability:
                 state = learned.initial_state(ops.shape(state[0])[:1], self.units, self.num_layers)
                 reference = ops.zeros_like(reference)
             (meta_loss, (params, state, _, reference)), grads = train_fn(
