@@ -32,7 +32,7 @@ writes `benchmarks/results/learned_optimizer_general.json` and
 the JSON and reused; `--retune` recomputes them. `--learned` names the
 learned-optimizer presets to score; `--checkpoint DIR` also scores the best
 `phi` of a meta-training checkpoint (`<zoo>/.checkpoints/<name>`) under the
-general preset's architecture.
+general preset's architecture. The baselines are `learned_optimizer.py`'s.
 """
 
 import argparse
@@ -42,6 +42,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from learned_optimizer import BASELINES
 
 from kzoo.optimizers import LSTMOptimizer
 from kzoo.optimizers import learned
@@ -53,12 +54,6 @@ OUT = RESULTS / "learned_optimizer_general.json"
 TUNE_SEED = 31_337
 RATES = (1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0)
 FINAL_WINDOW = 50
-BASELINES = {
-    "SGD": lambda lr: keras.optimizers.SGD(lr),
-    "Nesterov": lambda lr: keras.optimizers.SGD(lr, momentum=0.9, nesterov=True),
-    "RMSprop": lambda lr: keras.optimizers.RMSprop(lr),
-    "Adam": lambda lr: keras.optimizers.Adam(lr),
-}
 DEFAULT_RATES = {"SGD": 0.01, "Nesterov": 0.01, "RMSprop": 0.001, "Adam": 0.001}
 HELD_OUT = {
     "friedman_mlp_relu": lambda: problems.MLP("friedman", (32,), "relu", 64),
@@ -69,9 +64,17 @@ HELD_OUT = {
     ),
     "diabetes_mlp_tanh": lambda: problems.MLP("diabetes", (16,), "tanh", 32),
 }
-GENERAL_ARCHITECTURE = dict(
-    units=20, num_layers=2, preprocess=True, exponent=10.0, output_scale=0.1
-)
+GENERAL = "lstm_optimizer_general"
+
+
+def _best(baselines, kind):
+    """The baseline (`"default"` or `"tuned"`) with the lowest mean final loss."""
+    names = [k for k in baselines if k.endswith(kind)]
+    return min(names, key=lambda k: baselines[k]["final_mean"])
+
+
+def _curve_array(row):
+    return np.array([np.nan if v is None else v for v in row["mean_curve_every_10"]])
 
 
 def final_loss(curves):
@@ -131,12 +134,10 @@ def baselines(problem, seeds, num_problems, horizon, tune_problems):
 def compare(result):
     """The issue's criteria for each learned optimizer on one task."""
     base = result["baselines"]
-    best_tuned = min((k for k in base if k.endswith("tuned")), key=lambda k: base[k]["final_mean"])
-    adam = np.array(
-        [np.nan if v is None else v for v in base["Adam default"]["mean_curve_every_10"]]
-    )
+    best_tuned = _best(base, "tuned")
+    adam = _curve_array(base["Adam default"])
     for row in result["learned"].values():
-        curve = np.array([np.nan if v is None else v for v in row["mean_curve_every_10"]])
+        curve = _curve_array(row)
         row["over_best_tuned"] = row["final_mean"] / base[best_tuned]["final_mean"]
         row["best_tuned"] = best_tuned
         row["beats_every_default"] = all(
@@ -157,10 +158,10 @@ def plot(results, path):
     for ax, name in zip(np.atleast_1d(axes), names):
         res = results[name]
         base = res["baselines"]
-        best = min((k for k in base if k.endswith("tuned")), key=lambda k: base[k]["final_mean"])
+        best = _best(base, "tuned")
         lines = {**res["learned"], "Adam default": base["Adam default"], best: base[best]}
         for label, row in lines.items():
-            curve = np.array([np.nan if v is None else v for v in row["mean_curve_every_10"]])
+            curve = _curve_array(row)
             lr = row.get("learning_rate")
             ax.plot(
                 np.arange(len(curve)) * 10,
@@ -185,12 +186,7 @@ def table(results):
     lines = ["| task | " + " | ".join(columns) + " |", "|---" * (len(columns) + 1) + "|"]
     for name, res in results.items():
         base = res["baselines"]
-        best_default = min(
-            (k for k in base if k.endswith("default")), key=lambda k: base[k]["final_mean"]
-        )
-        best_tuned = min(
-            (k for k in base if k.endswith("tuned")), key=lambda k: base[k]["final_mean"]
-        )
+        best_default, best_tuned = _best(base, "default"), _best(base, "tuned")
         cells = []
         for label in learned:
             row = res["learned"][label]
@@ -210,20 +206,23 @@ def table(results):
 def _learned_optimizers(args):
     makers = {name: (lambda n=name: LSTMOptimizer.from_preset(n)) for name in args.learned}
     if args.checkpoint:
+        _, architecture = learned.load_meta_parameters(GENERAL)
+        size = len(
+            learned.meta_parameter_shapes(
+                architecture["units"], architecture["num_layers"], architecture["preprocess"]
+            )
+        )
         with np.load(Path(args.checkpoint) / meta.CHECKPOINT_ARRAYS) as arrays:
-            size = len(learned.meta_parameter_shapes(20, 2, True))
             phi = [arrays[f"best_phi_{i}"] for i in range(size)]
         epoch = json.loads((Path(args.checkpoint) / meta.CHECKPOINT_STATE).read_text())["epoch"]
-        makers[f"checkpoint (epoch {epoch})"] = lambda: LSTMOptimizer(
-            weights=phi, **GENERAL_ARCHITECTURE
-        )
+        makers[f"checkpoint (epoch {epoch})"] = lambda: LSTMOptimizer(weights=phi, **architecture)
     return makers
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="*", default=list(HELD_OUT))
-    parser.add_argument("--learned", nargs="*", default=["lstm_optimizer_general"])
+    parser.add_argument("--learned", nargs="*", default=[GENERAL])
     parser.add_argument("--checkpoint", help="also score a meta-training checkpoint's best phi")
     parser.add_argument("--horizon", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)

@@ -492,7 +492,8 @@ class MetaTrainer:
         history["best_epoch"] = int(np.nanargmin(history["validation_final_loss"])) + 1
         return history
 
-    def _settings(self):
+    def settings(self):
+        """The trainer's arguments, the problem by name (JSON-ready)."""
         settings = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         settings["problem"] = self.problem.name
         return settings
@@ -512,7 +513,7 @@ class MetaTrainer:
             for i, v in enumerate(self.meta_optimizer.variables)
         }
         state = {
-            "settings": self._settings(),
+            "settings": self.settings(),
             "epoch": self.epoch,
             "best": self.best,
             "waited": self.waited,
@@ -541,9 +542,9 @@ class MetaTrainer:
         if not (directory / CHECKPOINT_STATE).exists():
             raise FileNotFoundError(f"MetaTrainer: no checkpoint in {directory} to resume from.")
         state = json.loads((directory / CHECKPOINT_STATE).read_text())
-        if state["settings"] != self._settings():
+        if state["settings"] != self.settings():
             changed = sorted(
-                k for k in state["settings"] if state["settings"][k] != self._settings().get(k)
+                k for k in state["settings"] if state["settings"][k] != self.settings().get(k)
             )
             raise ValueError(
                 f"MetaTrainer: the checkpoint in {directory} was made with other settings "

@@ -21,6 +21,8 @@ and `batches` draws the per-step minibatches of one episode.
 Losses are written with `keras.ops`; sampling is numpy (seeded).
 """
 
+import functools
+
 import numpy as np
 from keras import ops
 
@@ -77,6 +79,7 @@ def _standardized(x):
     return ((x - x.mean(0)) / (x.std(0) + 1e-8)).astype("float32")
 
 
+@functools.lru_cache(maxsize=None)
 def load_dataset(name):
     """The training data of a problem family: `(x, y, num_classes)`.
 
@@ -86,7 +89,8 @@ def load_dataset(name):
     Returns:
         `x` float32 `(n, d)` (the 8x8 images flattened), `y` int32 class
         indices, or float32 `(n, 1)` standardized targets with
-        `num_classes` 0 for regression.
+        `num_classes` 0 for regression. Loaded once per process; the
+        shared arrays are read-only.
 
     Example:
 
@@ -94,6 +98,13 @@ def load_dataset(name):
     >>> x.shape, num_classes
     ((178, 13), 3)
     """
+    x, y, num_classes = _read_dataset(name)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y, num_classes
+
+
+def _read_dataset(name):
     import sklearn.datasets as sk
 
     if name in ("digits", "texture_patches_8x8"):
@@ -148,8 +159,13 @@ class _Supervised:
     """Minibatches of a local dataset's train split, with per-problem
     initialization scales drawn log-uniformly from `init_scale`."""
 
-    def __init__(self, dataset, batch_size, init_scale):
-        self.dataset, self.batch_size = dataset, batch_size
+    def __init__(self, dataset, activation, batch_size, init_scale):
+        if activation not in ACTIVATIONS:
+            raise ValueError(
+                f"{type(self).__name__}: activation must be one of {tuple(ACTIVATIONS)}, "
+                f"got {activation!r}."
+            )
+        self.dataset, self.activation, self.batch_size = dataset, activation, batch_size
         self.init_scale = tuple(float(s) for s in np.broadcast_to(init_scale, (2,)))
         self.x, self.y, self.num_classes = load_dataset(dataset)
 
@@ -191,12 +207,8 @@ class MLP(_Supervised):
     def __init__(
         self, dataset="digits", hidden=(20,), activation="sigmoid", batch_size=128, init_scale=1.0
     ):
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"MLP: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}."
-            )
-        super().__init__(dataset, batch_size, init_scale)
-        self.hidden, self.activation = tuple(hidden), activation
+        super().__init__(dataset, activation, batch_size, init_scale)
+        self.hidden = tuple(hidden)
         arch = f"mlp_{'x'.join(map(str, hidden))}_{activation}" if hidden else "linear"
         self.name = f"{dataset}_{arch}_b{batch_size}"
 
@@ -256,12 +268,8 @@ class CNN(_Supervised):
     ):
         if dataset not in IMAGE_DATASETS:
             raise ValueError(f"CNN: dataset must be one of {IMAGE_DATASETS}, got {dataset!r}.")
-        if activation not in ACTIVATIONS:
-            raise ValueError(
-                f"CNN: activation must be one of {tuple(ACTIVATIONS)}, got {activation!r}."
-            )
-        super().__init__(dataset, batch_size, init_scale)
-        self.channels, self.activation = channels, activation
+        super().__init__(dataset, activation, batch_size, init_scale)
+        self.channels = channels
         self.name = f"{dataset}_cnn_{channels}_{activation}_b{batch_size}"
 
     def sample(self, rng, num_problems):

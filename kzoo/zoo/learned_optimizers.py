@@ -101,7 +101,7 @@ def train(
     architecture = {k: trainer.architecture[k] for k in learned.ARCHITECTURE_KEYS}
     backend_name = keras.backend.backend()
     main_backend = max(trainer.backends, key=trainer.backends.get, default=backend_name)
-    settings = {k: v for k, v in trainer._settings().items() if k != "problem"}
+    settings = {k: v for k, v in trainer.settings().items() if k != "problem"}
     metadata = {
         "description": entry.description,
         "task": task.name,
@@ -135,28 +135,21 @@ def train(
 
 
 def _scores(trainer, curves):
-    """Test scores of `MetaTrainer.run_all`'s curves: for one family the mean
-    final and mean loss; for a mixture the same for each family and, as
-    `final_loss` / `mean_loss`, the trainer's `score` (the mean over families
-    of the log of the loss relative to the initial loss)."""
-    problems_run = int(next(iter(curves.values())).shape[1])
-    if len(curves) == 1 and trainer.objective == "sum":
-        (c,) = curves.values()
-        return {
-            "final_loss": float(c[-1].mean()),
-            "mean_loss": float(c[1:].mean()),
-            "problems": problems_run,
-        }
+    """Test scores of `MetaTrainer.run_all`'s curves: the trainer's `score`
+    as `final_loss` / `mean_loss` and, for a mixture, each family's mean final
+    and initial loss."""
     final, mean = trainer.score(curves)
-    return {
+    scores = {
         "final_loss": final,
         "mean_loss": mean,
-        "problems": problems_run,
-        "families": {
+        "problems": int(next(iter(curves.values())).shape[1]),
+    }
+    if len(curves) > 1:
+        scores["families"] = {
             name: {"final_loss": float(c[-1].mean()), "initial_loss": float(c[0].mean())}
             for name, c in curves.items()
-        },
-    }
+        }
+    return scores
 
 
 def evaluate(entry, verbose=0):
