@@ -30,9 +30,9 @@ problems each. The final loss is the mean minibatch loss over the last
 writes `benchmarks/results/learned_optimizer_general.json` and
 `learned_optimizer_general.png`. The baselines (tuning included) are kept in
 the JSON and reused; `--retune` recomputes them. `--learned` names the
-learned-optimizer presets to score; `--checkpoint DIR` also scores the best
-`phi` of a meta-training checkpoint (`<zoo>/.checkpoints/<name>`) under the
-general preset's architecture. The baselines are `learned_optimizer.py`'s.
+learned-optimizer presets to score; `--checkpoint DIR ...` also scores the
+best `phi` of meta-training checkpoints (`<zoo>/.checkpoints/<name>`, under
+the architecture they record). The baselines are `learned_optimizer.py`'s.
 """
 
 import argparse
@@ -205,17 +205,26 @@ def table(results):
 
 def _learned_optimizers(args):
     makers = {name: (lambda n=name: LSTMOptimizer.from_preset(n)) for name in args.learned}
-    if args.checkpoint:
-        _, architecture = learned.load_meta_parameters(GENERAL)
-        size = len(
-            learned.meta_parameter_shapes(
-                architecture["units"], architecture["num_layers"], architecture["preprocess"]
-            )
-        )
-        with np.load(Path(args.checkpoint) / meta.CHECKPOINT_ARRAYS) as arrays:
-            phi = [arrays[f"best_phi_{i}"] for i in range(size)]
-        epoch = json.loads((Path(args.checkpoint) / meta.CHECKPOINT_STATE).read_text())["epoch"]
-        makers[f"checkpoint (epoch {epoch})"] = lambda: LSTMOptimizer(weights=phi, **architecture)
+    for checkpoint in args.checkpoint or []:
+        state = json.loads((Path(checkpoint) / meta.CHECKPOINT_STATE).read_text())
+        settings = {**learned.OPTIONAL_ARCHITECTURE_KEYS, **state["settings"]}
+        architecture = {k: settings[k] for k in learned.ARCHITECTURE_KEYS}
+        with np.load(Path(checkpoint) / meta.CHECKPOINT_ARRAYS) as arrays:
+            phi = [
+                arrays[f"best_phi_{i}"]
+                for i in range(
+                    len(
+                        learned.meta_parameter_shapes(
+                            architecture["units"],
+                            architecture["num_layers"],
+                            architecture["preprocess"],
+                            architecture["inputs"],
+                        )
+                    )
+                )
+            ]
+        label = f"checkpoint {Path(checkpoint).name} (epoch {state['epoch']})"
+        makers[label] = lambda phi=phi, a=architecture: LSTMOptimizer(weights=phi, **a)
     return makers
 
 
@@ -223,7 +232,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tasks", nargs="*", default=list(HELD_OUT))
     parser.add_argument("--learned", nargs="*", default=[GENERAL])
-    parser.add_argument("--checkpoint", help="also score a meta-training checkpoint's best phi")
+    parser.add_argument(
+        "--checkpoint", nargs="*", help="also score these meta-training checkpoints' best phi"
+    )
     parser.add_argument("--horizon", type=int, default=1000)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--problems", type=int, default=8)

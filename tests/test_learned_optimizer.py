@@ -29,13 +29,23 @@ def np_preprocess(g, p=10.0):
     return out
 
 
-def np_step(phi, g, state, scale, preprocess):
-    """An independent numpy LSTM optimizer step, one coordinate at a time."""
+def np_step(phi, g, state, scale, preprocess, inputs="gradient"):
+    """An independent numpy LSTM optimizer step, one coordinate at a time
+    (for `inputs="moments"`, Adam's moments as Keras computes them, the bias
+    corrections `1 - beta^t` carried in the state)."""
     layers = len(state) // 2
     update = np.empty(g.shape)
     new_state = [np.empty_like(s) for s in state]
     for idx, v in np.ndenumerate(g):
         x = np_preprocess(np.array(v))[()] if preprocess else np.array([v])
+        if inputs == "moments":
+            m, second, t1, t2 = state[-1][idx]
+            m, second = 0.9 * m + 0.1 * v, 0.999 * second + 0.001 * v * v
+            t1, t2 = 1 - 0.9 * (1 - t1), 1 - 0.999 * (1 - t2)  # 1 - beta^(t+1)
+            denominator = (np.sqrt(second) + 1e-7) / np.sqrt(t2)
+            x = np.concatenate([x, [m / t1 / denominator, v / denominator]])
+            new_state[-1][idx] = m, second, t1, t2
+        features = x
         for layer in range(layers):
             kernel, recurrent, bias = phi[3 * layer : 3 * layer + 3]
             h, c = state[2 * layer][idx], state[2 * layer + 1][idx]
@@ -44,7 +54,11 @@ def np_step(phi, g, state, scale, preprocess):
             h = _sigmoid(o) * np.tanh(c)
             new_state[2 * layer][idx], new_state[2 * layer + 1][idx] = h, c
             x = h
-        update[idx] = scale * (x @ phi[-2] + phi[-1])[0]
+        if inputs == "moments":
+            direction, log_scale = np.concatenate([x, features]) @ phi[-2] + phi[-1]
+            update[idx] = scale * direction * np.exp(5.0 * np.tanh(log_scale / 5.0))
+        else:
+            update[idx] = scale * (x @ phi[-2] + phi[-1])[0]
     return update, new_state
 
 
@@ -58,20 +72,29 @@ def test_preprocessing_matches_the_paper():
     )
 
 
-@pytest.mark.parametrize("preprocess", [True, False])
-def test_step_matches_numpy_reference(preprocess):
+@pytest.mark.parametrize(
+    "preprocess, inputs", [(True, "gradient"), (False, "gradient"), (True, "moments")]
+)
+def test_step_matches_numpy_reference(preprocess, inputs):
     rng = np.random.default_rng(0)
-    phi = learned.initial_meta_parameters(units=5, num_layers=2, preprocess=preprocess, seed=3)
+    phi = learned.initial_meta_parameters(5, 2, preprocess, seed=3, inputs=inputs)
     phi = [p + 0.3 * rng.standard_normal(p.shape).astype("float32") for p in phi]
     g = (rng.standard_normal((3, 4)) * np.logspace(-6, 1, 12).reshape(3, 4)).astype("float32")
     state = [rng.standard_normal((3, 4, 5)).astype("float32") * 0.5 for _ in range(4)]
-    update, new_state = learned.step(phi, g, state, output_scale=0.1, preprocess=preprocess)
+    if inputs == "moments":  # m, v > 0, and 1 - beta^t in (0, 1] (or 0 before the first step)
+        moments = rng.uniform(0.0, 1.0, (3, 4, 4)) * [1e-3, 1e-4, 1.0, 1.0]
+        moments[0, 0] = 0.0
+        state.append(moments.astype("float32"))
+    update, new_state = learned.step(
+        phi, g, state, output_scale=0.1, preprocess=preprocess, inputs=inputs
+    )
     ref_update, ref_state = np_step(
         [p.astype("float64") for p in phi],
         g.astype("float64"),
         [s.astype("float64") for s in state],
         0.1,
         preprocess,
+        inputs,
     )
     np.testing.assert_allclose(ops.convert_to_numpy(update), ref_update, rtol=1e-4, atol=1e-6)
     for a, b in zip(new_state, ref_state):
@@ -211,6 +234,36 @@ def test_a_bfloat16_state_halves_the_memory_and_trains_alike():
     assert runs["bfloat16"][0] == pytest.approx(runs["float32"][0], rel=0.05)
 
 
+def test_the_untrained_moments_optimizer_is_adam_and_keeps_float32_moments():
+    x, y = _digits()
+    runs = {}
+    for name, optimizer in (
+        ("moments", LSTMOptimizer(inputs="moments", output_scale=1e-3, state_dtype="bfloat16")),
+        ("adam", keras.optimizers.Adam(1e-3)),
+    ):
+        keras.utils.set_random_seed(0)
+        model = _digits_model()
+        initial = [ops.convert_to_numpy(w) for w in model.trainable_weights]
+        model.compile(
+            optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        )
+        model.fit(x[:512], y[:512], batch_size=128, epochs=2, shuffle=False, verbose=0)
+        runs[name] = [ops.convert_to_numpy(w) for w in model.trainable_weights]
+    for a, b in zip(runs["moments"], runs["adam"]):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+    assert max(np.abs(a - b).max() for a, b in zip(runs["adam"], initial)) > 1e-3
+    moments = LSTMOptimizer(inputs="moments", state_dtype="bfloat16")
+    config = moments.get_config()
+    clone = LSTMOptimizer.from_config(json.loads(json.dumps(config)))
+    assert clone.get_config() == config and clone.inputs == "moments"
+    kernel = model.trainable_weights[0]
+    clone.build([kernel])
+    state = clone.state_of(kernel)
+    assert [tuple(s.shape) for s in state] == [(*kernel.shape, 20)] * 4 + [(*kernel.shape, 4)]
+    dtypes = [keras.backend.standardize_dtype(s.dtype) for s in clone.lstm_state]
+    assert dtypes == ["bfloat16"] * 4 + ["float32"]
+
+
 def test_non_finite_gradients_skip_the_update_and_are_counted():
     a, b = keras.Variable(np.ones((2, 3), "float32")), keras.Variable(np.ones(4, "float32"))
     optimizer = LSTMOptimizer(output_scale=0.1)
@@ -267,6 +320,7 @@ def test_a_saved_model_loads_without_the_preset_directory(tmp_path):
         ({"preprocess": "yes"}, "preprocess must be True or False"),
         ({"weights": 3}, "weights must be None, a preset name"),
         ({"state_dtype": "float16"}, "state_dtype must be one of float32, bfloat16"),
+        ({"inputs": "adam"}, "inputs must be one of"),
     ],
 )
 def test_bad_arguments_are_clear_value_errors(kwargs, message):
@@ -289,6 +343,8 @@ def test_a_gradient_of_the_wrong_shape_is_a_clear_error():
         (lambda c: {**c, "clipnorm": 1.0}, "must hold exactly"),
         (lambda c: {k: v for k, v in c.items() if k != "units"}, "must hold exactly"),
         (lambda c: {**c, "output_scale": -1.0}, "output_scale must be a finite number"),
+        (lambda c: {**c, "inputs": "moments"}, "lstm_0/kernel.*inputs='moments' needs"),
+        (lambda c: {**c, "inputs": None}, "inputs must be one of"),
     ],
 )
 def test_optimizer_presets_hold_only_their_architecture(tmp_path, edit, message):
@@ -313,6 +369,8 @@ def test_meta_parameters_that_do_not_fit_are_refused(tmp_path):
         LSTMOptimizer(weights=PRESET, preprocess=False)
     with pytest.raises(ValueError, match="units=8"):
         LSTMOptimizer(weights=learned.initial_meta_parameters(units=20), units=8)
+    with pytest.raises(ValueError, match="inputs='moments' needs"):
+        LSTMOptimizer(weights=PRESET, inputs="moments")
     copy = tmp_path / PRESET
     shutil.copytree(presets.resolve(PRESET), copy)
     with open(copy / learned.PHI_FILE, "ab") as f:
@@ -342,8 +400,10 @@ class _Linear:
         return ops.sum(constants["c"] * params[0], axis=-1) + 50.0
 
 
-@pytest.mark.parametrize("objective", ["sum", "log_ratio"])
-def test_meta_gradient_matches_finite_differences(objective):
+@pytest.mark.parametrize(
+    "objective, inputs", [("sum", "gradient"), ("log_ratio", "gradient"), ("log_ratio", "moments")]
+)
+def test_meta_gradient_matches_finite_differences(objective, inputs):
     problem = _Linear()
     trainer = meta.MetaTrainer(
         problem,
@@ -353,6 +413,7 @@ def test_meta_gradient_matches_finite_differences(objective):
         num_problems=2,
         output_scale=0.5,
         objective=objective,
+        inputs=inputs,
     )
     params, constants, _, state, reference = trainer._episode(
         problem, np.random.default_rng(0), 2, 5
@@ -422,6 +483,13 @@ def test_resumed_meta_training_ends_as_an_uninterrupted_run(tmp_path):
     )
     with pytest.raises(ValueError, match="other settings \\(restart_probability\\)"):
         _small_general_trainer(restart_probability=0.2).restore_checkpoint(tmp_path)
+    with pytest.raises(ValueError, match="other settings \\(inputs\\)"):
+        _small_general_trainer(inputs="moments").restore_checkpoint(tmp_path)
+    # A checkpoint from before a setting existed resumes with its default.
+    state = json.loads((tmp_path / meta.CHECKPOINT_STATE).read_text())
+    del state["settings"]["inputs"]
+    (tmp_path / meta.CHECKPOINT_STATE).write_text(json.dumps(state))
+    _small_general_trainer().restore_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         _small_general_trainer().restore_checkpoint(tmp_path / "nothing")
 

@@ -14,6 +14,20 @@ preprocessed (the paper's appendix A, `p = 10`):
     grad -> (log|grad| / p, sign grad)   if |grad| >= exp(-p)
             (-1, exp(p) grad)            otherwise
 
+Our extension, `inputs="moments"` (not in the paper; `docs/learned_optimizer_general.md`),
+also keeps Adam's running moments per coordinate and feeds the network two
+more inputs, Adam's direction `m_hat / (sqrt(v_hat) + eps_t)` and the
+normalized gradient `grad / (sqrt(v_hat) + eps_t)` (`eps_t = eps / sqrt(1 -
+beta_2^t)`, where `keras.optimizers.Adam` puts its epsilon). Its output layer sees
+the inputs as well as the last LSTM layer and gives a direction `d` and a
+log step size `s`:
+
+    g_t = output_scale * d * exp(B tanh(s / B))        (B = LOG_SCALE_BOUND)
+
+Its initial `phi` makes `d` Adam's direction and `s` zero, so an untrained
+optimizer is Adam with `learning_rate=output_scale`; meta-training learns
+the corrections.
+
 This module holds the whole optimizer:
 
 - `meta_parameter_shapes`, `initial_meta_parameters`, `preprocess_gradients`
@@ -41,48 +55,71 @@ from kzoo.zoo import presets
 PHI_FILE = presets.WEIGHTS_FILES["optimizer"]
 
 
-def meta_parameter_shapes(units=20, num_layers=2, preprocess=True):
+INPUTS = ("gradient", "moments")
+MOMENT_DECAYS = (0.9, 0.999)  # Adam's beta_1, beta_2
+EPSILON = 1e-7  # Keras' Adam epsilon
+LOG_SCALE_BOUND = 5.0  # |log step-size factor| of inputs="moments" stays below this
+MOMENTS = 4  # m, v and the two bias corrections 1 - beta^t
+
+
+def _num_inputs(preprocess, inputs):
+    return (2 if preprocess else 1) + (2 if inputs == "moments" else 0)
+
+
+def meta_parameter_shapes(units=20, num_layers=2, preprocess=True, inputs="gradient"):
     """Names and shapes of the meta-parameters `phi`, in `step`'s order.
 
     Args:
         units: LSTM units per layer.
         num_layers: number of stacked LSTM layers.
         preprocess: whether gradients are preprocessed (2 inputs) or raw (1).
+        inputs: `"gradient"` (the paper) or `"moments"` (two more inputs
+            from Adam's moments; an output layer on `[h, inputs]` with two
+            outputs, direction and log step size).
 
     Returns:
         A list of `(name, shape)`: per layer `kernel`, `recurrent_kernel`,
         `bias` (gates in Keras' order i, f, c, o), then the output `kernel`
-        `(units, 1)` and `bias` `(1,)`.
+        (`(units, 1)`; `(units + inputs, 2)` for `"moments"`) and `bias`.
 
     Example:
 
     >>> [s for _, s in meta_parameter_shapes(units=4, num_layers=1)]
     [(2, 16), (4, 16), (16,), (4, 1), (1,)]
+    >>> [s for _, s in meta_parameter_shapes(units=4, num_layers=1, inputs="moments")]
+    [(4, 16), (4, 16), (16,), (8, 2), (2,)]
     """
     shapes = []
-    inputs = 2 if preprocess else 1
+    features = width = _num_inputs(preprocess, inputs)
     for layer in range(num_layers):
         shapes += [
-            (f"lstm_{layer}/kernel", (inputs, 4 * units)),
+            (f"lstm_{layer}/kernel", (width, 4 * units)),
             (f"lstm_{layer}/recurrent_kernel", (units, 4 * units)),
             (f"lstm_{layer}/bias", (4 * units,)),
         ]
-        inputs = units
+        width = units
+    if inputs == "moments":
+        return shapes + [("output/kernel", (units + features, 2)), ("output/bias", (2,))]
     return shapes + [("output/kernel", (units, 1)), ("output/bias", (1,))]
 
 
-def initial_meta_parameters(units=20, num_layers=2, preprocess=True, seed=0):
+def initial_meta_parameters(units=20, num_layers=2, preprocess=True, seed=0, inputs="gradient"):
     """A random `phi` to start meta-training from (numpy float32 arrays).
 
     Kernels are Glorot-uniform, recurrent kernels orthogonal, forget-gate
     biases 1, and the output layer small (std 0.01) so the first updates are
-    small.
+    small. For `inputs="moments"` the output layer is zero but for a `-1`
+    from Adam's direction to `d`: the untrained optimizer is exactly Adam
+    (see the module docstring), and meta-training moves it from there.
     """
     rng = np.random.default_rng(seed)
     phi = []
-    for name, shape in meta_parameter_shapes(units, num_layers, preprocess):
+    for name, shape in meta_parameter_shapes(units, num_layers, preprocess, inputs):
         if name == "output/kernel":
             value = 0.01 * rng.standard_normal(shape)
+            if inputs == "moments":
+                value = np.zeros(shape)
+                value[-2, 0] = -1.0  # d = -m_hat / (sqrt(v_hat) + eps)
         elif name.endswith("/recurrent_kernel"):
             q, r = np.linalg.qr(rng.standard_normal((shape[1], shape[0])))
             value = (q * np.sign(np.diag(r))).T
@@ -118,22 +155,42 @@ def preprocess_gradients(gradient, exponent=10.0):
     return ops.stack([first, second], axis=-1)
 
 
-def initial_state(shape, units=20, num_layers=2, dtype="float32"):
-    """Zero state for coordinates of `shape`: `[h_0, c_0, h_1, c_1, ...]`."""
-    return [ops.zeros((*shape, units), dtype) for _ in range(2 * num_layers)]
+def initial_state(shape, units=20, num_layers=2, dtype="float32", inputs="gradient"):
+    """Zero state for coordinates of `shape`: `[h_0, c_0, h_1, c_1, ...]`,
+    and for `inputs="moments"` a last float32 entry `(*shape, 4)` (`m`, `v`
+    and their bias corrections `1 - beta^t`)."""
+    state = [ops.zeros((*shape, units), dtype) for _ in range(2 * num_layers)]
+    if inputs == "moments":
+        state.append(ops.zeros((*shape, MOMENTS), "float32"))
+    return state
 
 
-def step(phi, gradient, state, output_scale=1.0, preprocess=True, exponent=10.0):
+def _moment_features(gradient, moments):
+    """Adam's direction and the normalized gradient of flat `gradient`, and
+    the updated `(n, 4)` moments."""
+    (beta_1, beta_2), g = MOMENT_DECAYS, gradient
+    m = beta_1 * moments[:, 0] + (1 - beta_1) * g
+    v = beta_2 * moments[:, 1] + (1 - beta_2) * ops.square(g)
+    correction_1 = beta_1 * moments[:, 2] + (1 - beta_1)
+    correction_2 = beta_2 * moments[:, 3] + (1 - beta_2)
+    scale = (ops.sqrt(v) + EPSILON) / ops.sqrt(correction_2)  # Keras' Adam, epsilon included
+    features = ops.stack([m / correction_1 / scale, g / scale], axis=-1)
+    return features, ops.stack([m, v, correction_1, correction_2], axis=-1)
+
+
+def step(phi, gradient, state, output_scale=1.0, preprocess=True, exponent=10.0, inputs="gradient"):
     """One step of the learned optimizer, coordinatewise.
 
     Args:
         phi: the meta-parameters, a list ordered as in `meta_parameter_shapes`.
         gradient: the optimizee's gradient, any shape `S`.
-        state: `[h_0, c_0, h_1, c_1, ...]`, each of shape `(*S, units)`.
+        state: `[h_0, c_0, h_1, c_1, ...]`, each of shape `(*S, units)`,
+            then for `inputs="moments"` the moments `(*S, 4)`.
         output_scale: the factor on the network's output.
         preprocess: apply `preprocess_gradients` (otherwise the raw gradient
             is the single input).
         exponent: `p` of the preprocessing.
+        inputs: `"gradient"` or `"moments"` (see the module docstring).
 
     Returns:
         `(update, state)`: the update `g_t` of shape `S` (to be added to the
@@ -148,9 +205,14 @@ def step(phi, gradient, state, output_scale=1.0, preprocess=True, exponent=10.0)
     ((3, 2), (3, 2, 4))
     """
     shape = ops.shape(gradient)
-    x = ops.reshape(gradient, (-1,))
-    x = preprocess_gradients(x, exponent) if preprocess else x[:, None]
+    flat = ops.reshape(gradient, (-1,))
+    x = preprocess_gradients(flat, exponent) if preprocess else flat[:, None]
     new_state = []
+    if inputs == "moments":
+        *state, moments = state
+        features, moments = _moment_features(flat, ops.reshape(moments, (-1, MOMENTS)))
+        x = ops.concatenate([x, features], axis=-1)
+    features = x
     for layer in range(len(state) // 2):
         kernel, recurrent, bias = phi[3 * layer : 3 * layer + 3]
         h, c = state[2 * layer], state[2 * layer + 1]
@@ -170,7 +232,13 @@ def step(phi, gradient, state, output_scale=1.0, preprocess=True, exponent=10.0)
         new_state += [ops.reshape(h, (*shape, units)), ops.reshape(c, (*shape, units))]
         x = h
     out_kernel, out_bias = phi[-2:]
-    update = output_scale * (ops.matmul(x, out_kernel) + out_bias)
+    if inputs == "moments":
+        z = ops.matmul(ops.concatenate([x, features], axis=-1), out_kernel) + out_bias
+        log_scale = LOG_SCALE_BOUND * ops.tanh(z[:, 1] / LOG_SCALE_BOUND)
+        update = output_scale * z[:, 0] * ops.exp(log_scale)
+        new_state.append(ops.reshape(moments, (*shape, MOMENTS)))
+    else:
+        update = output_scale * (ops.matmul(x, out_kernel) + out_bias)
     return ops.reshape(update, shape), new_state
 
 
@@ -182,40 +250,46 @@ def _gates_ifoc(value, units):
     )
 
 
-def check_meta_parameters(phi, units, num_layers, preprocess, source="phi"):
+def check_meta_parameters(phi, units, num_layers, preprocess, source="phi", inputs="gradient"):
     """Raises `ValueError` unless `phi`'s shapes fit the architecture."""
-    expected = meta_parameter_shapes(units, num_layers, preprocess)
+    expected = meta_parameter_shapes(units, num_layers, preprocess, inputs)
+    described = (
+        f"units={units}, num_layers={num_layers}, preprocess={preprocess}, inputs={inputs!r}"
+    )
     if len(phi) != len(expected):
         raise ValueError(
-            f"LSTMOptimizer: {source} has {len(phi)} arrays; units={units}, "
-            f"num_layers={num_layers}, preprocess={preprocess} needs {len(expected)} "
-            f"({', '.join(n for n, _ in expected)})."
+            f"LSTMOptimizer: {source} has {len(phi)} arrays; {described} needs "
+            f"{len(expected)} ({', '.join(n for n, _ in expected)})."
         )
     for value, (name, shape) in zip(phi, expected):
         if tuple(np.shape(value)) != shape:
             raise ValueError(
                 f"LSTMOptimizer: meta-parameter {name!r} of {source} has shape "
-                f"{tuple(np.shape(value))}, but units={units}, num_layers={num_layers}, "
-                f"preprocess={preprocess} needs {shape}."
+                f"{tuple(np.shape(value))}, but {described} needs {shape}."
             )
+
+
+def _network(architecture):
+    """The arguments of `meta_parameter_shapes` in an architecture dict."""
+    return (
+        architecture["units"],
+        architecture["num_layers"],
+        architecture["preprocess"],
+        architecture.get("inputs", "gradient"),
+    )
 
 
 def save_meta_parameters(directory, phi, architecture, metadata, overwrite=False):
     """Writes a learned optimizer to the zoo as a preset directory.
 
     The preset holds `config.json` (the architecture: `units`, `num_layers`,
-    `preprocess`, `exponent`, `output_scale`), `optimizer.weights.npz` (phi)
-    and `metadata.json` (its sha256, the meta-training command and metrics).
+    `preprocess`, `exponent`, `output_scale`, `inputs`), `optimizer.weights.npz`
+    (phi) and `metadata.json` (its sha256, the meta-training command and
+    metrics).
     """
-    check_meta_parameters(
-        phi, architecture["units"], architecture["num_layers"], architecture["preprocess"]
-    )
-    names = [
-        n
-        for n, _ in meta_parameter_shapes(
-            architecture["units"], architecture["num_layers"], architecture["preprocess"]
-        )
-    ]
+    units, num_layers, preprocess, inputs = _network(architecture)
+    check_meta_parameters(phi, units, num_layers, preprocess, inputs=inputs)
+    names = [n for n, _ in meta_parameter_shapes(units, num_layers, preprocess, inputs)]
 
     def write(tmp):
         (tmp / presets.CONFIG_FILE).write_text(json.dumps(architecture, indent=2))
@@ -227,11 +301,15 @@ def save_meta_parameters(directory, phi, architecture, metadata, overwrite=False
     )
 
 
-ARCHITECTURE_KEYS = ("units", "num_layers", "preprocess", "exponent", "output_scale")
+ARCHITECTURE_KEYS = ("units", "num_layers", "preprocess", "exponent", "output_scale", "inputs")
+# Presets written before `inputs` existed hold the paper's network.
+OPTIONAL_ARCHITECTURE_KEYS = {"inputs": "gradient"}
 
 
-def check_architecture(units, num_layers, preprocess, exponent, output_scale):
+def check_architecture(units, num_layers, preprocess, exponent, output_scale, inputs="gradient"):
     """Raises `ValueError` unless the arguments describe a valid optimizer network."""
+    if inputs not in INPUTS:
+        raise ValueError(f"LSTMOptimizer: inputs must be one of {INPUTS}; got {inputs!r}.")
     for name, value in (("units", units), ("num_layers", num_layers)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
             raise ValueError(f"LSTMOptimizer: {name} must be a positive int; got {value!r}.")
@@ -250,7 +328,8 @@ def check_architecture(units, num_layers, preprocess, exponent, output_scale):
 def load_meta_parameters(preset):
     """Reads a verified learned-optimizer preset: `(phi, architecture)`.
 
-    The preset's `config.json` must hold exactly `ARCHITECTURE_KEYS`: a
+    The preset's `config.json` must hold exactly `ARCHITECTURE_KEYS` (`inputs`
+    may be absent: presets from before it existed are `"gradient"`): a
     learning rate, clipping or any other optimizer argument recorded there
     is refused (`PresetError`), as is a missing or invalid key.
     """
@@ -260,6 +339,8 @@ def load_meta_parameters(preset):
         architecture = json.loads((directory / presets.CONFIG_FILE).read_text())
     except ValueError as e:
         raise presets.PresetError(f"{label}: unreadable {presets.CONFIG_FILE} ({e}).") from e
+    if isinstance(architecture, dict):
+        architecture = {**OPTIONAL_ARCHITECTURE_KEYS, **architecture}
     if not isinstance(architecture, dict) or set(architecture) != set(ARCHITECTURE_KEYS):
         keys = sorted(architecture) if isinstance(architecture, dict) else architecture
         raise presets.PresetError(
@@ -270,26 +351,21 @@ def load_meta_parameters(preset):
         check_architecture(**architecture)
     except ValueError as e:
         raise presets.PresetError(f"{label}: {e}") from e
+    units, num_layers, preprocess, inputs = _network(architecture)
     with np.load(directory / PHI_FILE, allow_pickle=False) as arrays:
-        names = [
-            n
-            for n, _ in meta_parameter_shapes(
-                architecture["units"], architecture["num_layers"], architecture["preprocess"]
-            )
-        ]
+        names = [n for n, _ in meta_parameter_shapes(units, num_layers, preprocess, inputs)]
         missing = [n for n in names if n not in arrays.files]
         if missing:
             raise presets.PresetError(
                 f"Preset {str(directory)!r} lacks meta-parameters {', '.join(missing)}."
             )
         phi = [arrays[n] for n in names]
-    check_meta_parameters(
-        phi,
-        architecture["units"],
-        architecture["num_layers"],
-        architecture["preprocess"],
-        source=f"preset {str(directory)!r}",
-    )
+    try:
+        check_meta_parameters(
+            phi, units, num_layers, preprocess, source=f"preset {str(directory)!r}", inputs=inputs
+        )
+    except ValueError as e:
+        raise presets.PresetError(str(e)) from e
     return phi, architecture
 
 
@@ -308,6 +384,8 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
     state is `2 * num_layers` optimizer variables of shape
     `(num_parameters, units)` (`state_of(variable)` gives one variable's
     part), stored in `state_dtype`; the LSTM computes in float32 either way.
+    With `inputs="moments"` a float32 `(num_parameters, 4)` variable holds
+    Adam's moments as well.
     The state and `phi` are optimizer variables: they are checkpointed and
     saved with the model like Adam's moments. `phi` is never changed by
     `fit`; it is meta-trained by `kzoo.optimizers.meta`.
@@ -330,6 +408,9 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
         num_layers: number of LSTM layers (must match `weights`).
         preprocess: preprocess the gradients (must match `weights`).
         exponent: `p` of the gradient preprocessing.
+        inputs: `"gradient"` (the paper's network) or `"moments"` (our
+            extension: Adam's moments as two more inputs, a learned step
+            size; must match `weights`).
         output_scale: factor on the network's output.
         learning_rate: an extra factor on the learned update (1 reproduces the
             meta-trained optimizer); a float or a schedule.
@@ -338,7 +419,9 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
             optimizer's memory (`2 * num_layers * units` numbers per
             parameter: 320 bytes in float32, 160 in bfloat16, for the zoo's
             two 20-unit layers). The state is rounded to bfloat16 after each
-            step; BENCHMARKS.md measures what that costs in loss.
+            step; BENCHMARKS.md measures what that costs in loss. Adam's
+            moments (`inputs="moments"`) stay float32: an average with
+            decay 0.999 does not move in bfloat16.
         **kwargs: other `keras.optimizers.Optimizer` arguments (`clipnorm`,
             `name`, ...).
 
@@ -369,10 +452,11 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
         learning_rate=1.0,
         seed=0,
         state_dtype="float32",
+        inputs="gradient",
         name="lstm_optimizer",
         **kwargs,
     ):
-        check_architecture(units, num_layers, preprocess, exponent, output_scale)
+        check_architecture(units, num_layers, preprocess, exponent, output_scale, inputs)
         if not callable(learning_rate) and not isinstance(learning_rate, (int, float)):
             raise ValueError(
                 f"LSTMOptimizer: learning_rate must be a number or a schedule; "
@@ -393,9 +477,11 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
         self.units, self.num_layers = int(units), int(num_layers)
         self.preprocess, self.exponent = bool(preprocess), float(exponent)
         self.output_scale, self.seed = float(output_scale), seed
-        self.state_dtype = state_dtype
+        self.state_dtype, self.inputs = state_dtype, inputs
         if weights is None:
-            phi = initial_meta_parameters(self.units, self.num_layers, self.preprocess, seed)
+            phi = initial_meta_parameters(
+                self.units, self.num_layers, self.preprocess, seed, self.inputs
+            )
         elif isinstance(weights, (str, os.PathLike)):
             phi, _ = load_meta_parameters(weights)
         elif isinstance(weights, (list, tuple)):
@@ -414,6 +500,7 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
             self.num_layers,
             self.preprocess,
             source=repr(str(weights)) if isinstance(weights, (str, os.PathLike)) else "weights",
+            inputs=self.inputs,
         )
         if not all(np.all(np.isfinite(v)) for v in phi):
             raise ValueError("LSTMOptimizer: the meta-parameters phi have non-finite entries.")
@@ -436,7 +523,7 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
         if self.built:
             return
         super().build(var_list)
-        shapes = meta_parameter_shapes(self.units, self.num_layers, self.preprocess)
+        shapes = meta_parameter_shapes(self.units, self.num_layers, self.preprocess, self.inputs)
         self.meta_parameters = [
             self.add_variable(
                 shape,
@@ -458,12 +545,19 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
             )
             for k in range(2 * self.num_layers)
         ]
+        if self.inputs == "moments":
+            self.lstm_state.append(
+                self.add_variable((self._offsets[-1], MOMENTS), dtype="float32", name="moments")
+            )
 
     def state_of(self, variable):
-        """`[h_0, c_0, h_1, c_1, ...]` of `variable`, each `(*variable.shape, units)`."""
+        """`[h_0, c_0, h_1, c_1, ...]` of `variable`, each `(*variable.shape, units)`,
+        then for `inputs="moments"` its moments `(*variable.shape, 4)`."""
         k = self.variable_index(variable)
         start, stop = self._offsets[k], self._offsets[k + 1]
-        return [ops.reshape(s[start:stop], (*self._shapes[k], self.units)) for s in self.lstm_state]
+        return [
+            ops.reshape(s[start:stop], (*self._shapes[k], s.shape[-1])) for s in self.lstm_state
+        ]
 
     def update_step(self, gradient, variable, learning_rate):
         self._update([gradient], [variable], learning_rate)
@@ -503,8 +597,9 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
             output_scale=self.output_scale,
             preprocess=self.preprocess,
             exponent=self.exponent,
+            inputs=self.inputs,
         )
-        state = [ops.cast(s, self.state_dtype) for s in state]
+        state = [ops.cast(s, v.dtype) for s, v in zip(state, self.lstm_state)]
         all_finite = ops.all(ops.stack(finite))
         state = ops.cond(  # the masking pass only when a gradient is not finite
             all_finite,
@@ -541,6 +636,7 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
                 "output_scale": self.output_scale,
                 "seed": self.seed,
                 "state_dtype": self.state_dtype,
+                "inputs": self.inputs,
             }
         )
         return config

@@ -116,7 +116,8 @@ def unroll(
             `<= 0` take this unroll's first loss.
         problem: the problem family (`kzoo.optimizers.problems`).
         steps: number of steps.
-        architecture: `output_scale`, `preprocess`, `exponent` of the optimizer.
+        architecture: `output_scale`, `preprocess`, `exponent`, `inputs` of
+            the optimizer.
         objective: `"sum"`, the paper's `sum_{t=1..steps} f(theta_t)` (mean
             over problems), or `"log_ratio"`, the mean over steps and
             problems of `log(f(theta_t) / reference + 1e-3)`, which weighs
@@ -143,6 +144,7 @@ def unroll(
             output_scale=architecture["output_scale"],
             preprocess=architecture["preprocess"],
             exponent=architecture["exponent"],
+            inputs=architecture["inputs"],
         )
         params = [p + u for p, u in zip(params, _unflatten(update, params))]
     losses = ops.stack(losses)
@@ -173,8 +175,8 @@ class MetaTrainer:
     Args:
         problem: a problem family instance, or a `Mixture` of them (each
             episode draws one member; validation covers every member).
-        units, num_layers, preprocess, exponent, output_scale: the optimizer's
-            architecture (see `LSTMOptimizer`).
+        units, num_layers, preprocess, exponent, output_scale, inputs: the
+            optimizer's architecture (see `LSTMOptimizer`).
         horizon: optimization steps per episode (100).
         unroll: truncation length of BPTT (20).
         num_problems: problems optimized in parallel per episode.
@@ -213,6 +215,7 @@ class MetaTrainer:
     validation_horizon: int = None
     clipnorm: float = None
     init_from: str = None
+    inputs: str = "gradient"
 
     def __post_init__(self):
         for name in ("horizon", "max_horizon", "validation_horizon"):
@@ -240,10 +243,12 @@ class MetaTrainer:
             "preprocess": self.preprocess,
             "exponent": self.exponent,
             "output_scale": self.output_scale,
+            "inputs": self.inputs,
         }
+        learned.check_architecture(**self.architecture)
         if self.init_from is None:
             initial = learned.initial_meta_parameters(
-                self.units, self.num_layers, self.preprocess, self.seed
+                self.units, self.num_layers, self.preprocess, self.seed, self.inputs
             )
         else:
             initial, architecture = learned.load_meta_parameters(self.init_from)
@@ -255,7 +260,9 @@ class MetaTrainer:
         self.phi = [
             keras.Variable(v, name=n.replace("/", "_"), trainable=True)
             for (n, _), v in zip(
-                learned.meta_parameter_shapes(self.units, self.num_layers, self.preprocess),
+                learned.meta_parameter_shapes(
+                    self.units, self.num_layers, self.preprocess, self.inputs
+                ),
                 initial,
             )
         ]
@@ -301,7 +308,7 @@ class MetaTrainer:
     def _episode(self, problem, rng, num_problems, horizon):
         params, constants, batches = sample_episode(problem, rng, num_problems, horizon)
         size = sum(int(np.prod(p.shape)) for p in params)
-        state = learned.initial_state((size,), self.units, self.num_layers)
+        state = learned.initial_state((size,), self.units, self.num_layers, inputs=self.inputs)
         return params, constants, batches, state, ops.zeros((num_problems,))
 
     def _chunk(self, batches, k):
@@ -336,7 +343,9 @@ class MetaTrainer:
         for k in range(horizon // self.unroll):
             # (No draw without restarts: the stream of the first presets' runs.)
             if k and self.restart_probability and self._rng.uniform() < self.restart_probability:
-                state = learned.initial_state(ops.shape(state[0])[:1], self.units, self.num_layers)
+                state = learned.initial_state(
+                    ops.shape(state[0])[:1], self.units, self.num_layers, inputs=self.inputs
+                )
                 reference = ops.zeros_like(reference)
             (meta_loss, (params, state, _, reference)), grads = train_fn(
                 [v.value for v in self.phi],
@@ -534,6 +543,9 @@ class MetaTrainer:
     def restore_checkpoint(self, directory):
         """Restores a `save_checkpoint` of a trainer with the same settings.
 
+        A setting the checkpoint does not record (it predates that field)
+        counts as the field's default.
+
         Raises:
             FileNotFoundError: if `directory` holds no checkpoint.
             ValueError: if the checkpoint was made with other settings.
@@ -542,10 +554,10 @@ class MetaTrainer:
         if not (directory / CHECKPOINT_STATE).exists():
             raise FileNotFoundError(f"MetaTrainer: no checkpoint in {directory} to resume from.")
         state = json.loads((directory / CHECKPOINT_STATE).read_text())
-        if state["settings"] != self.settings():
-            changed = sorted(
-                k for k in state["settings"] if state["settings"][k] != self.settings().get(k)
-            )
+        defaults = {f.name: f.default for f in dataclasses.fields(self) if f.name != "problem"}
+        recorded = {**defaults, **state["settings"]}
+        if recorded != self.settings():
+            changed = sorted(k for k in recorded if recorded[k] != self.settings().get(k))
             raise ValueError(
                 f"MetaTrainer: the checkpoint in {directory} was made with other settings "
                 f"({', '.join(changed)}); resume with the same ones."

@@ -135,8 +135,8 @@ def list_entries(filter=None, kind=None, pretrained=None):
 
     Example:
 
-    >>> list_entries("lstm_optimizer_*")
-    ['lstm_optimizer_digits_mlp', 'lstm_optimizer_general', 'lstm_optimizer_quadratic']
+    >>> list_entries("lstm_optimizer_general*")
+    ['lstm_optimizer_general', 'lstm_optimizer_general_moments']
     """
     names = sorted(
         n
@@ -413,4 +413,24 @@ register(
     restart_probability=0.1,
     clipnorm=1.0,
     init_from="lstm_optimizer_digits_mlp",
+)
+register(
+    "lstm_optimizer_general_moments",
+    "optimizer",
+    "kzoo.optimizers.learned:LSTMOptimizer",
+    task="meta_general",
+    description="Our extension on the same problems: Adam's moments as extra inputs and a "
+    "learned step size; untrained, it is Adam at 1e-3 (output scale)",
+    preprocess=True,
+    inputs="moments",
+    output_scale=1e-3,
+    num_problems=8,
+    learning_rate=1e-3,
+    validation_problems=8,
+    horizon=200,
+    max_horizon=1000,
+    validation_horizon=400,
+    objective="log_ratio",
+    restart_probability=0.1,
+    clipnorm=1.0,
 )
