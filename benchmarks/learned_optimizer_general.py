@@ -210,19 +210,8 @@ def _learned_optimizers(args):
         settings = {**learned.OPTIONAL_ARCHITECTURE_KEYS, **state["settings"]}
         architecture = {k: settings[k] for k in learned.ARCHITECTURE_KEYS}
         with np.load(Path(checkpoint) / meta.CHECKPOINT_ARRAYS) as arrays:
-            phi = [
-                arrays[f"best_phi_{i}"]
-                for i in range(
-                    len(
-                        learned.meta_parameter_shapes(
-                            architecture["units"],
-                            architecture["num_layers"],
-                            architecture["preprocess"],
-                            architecture["inputs"],
-                        )
-                    )
-                )
-            ]
+            size = sum(name.startswith("best_phi_") for name in arrays.files)
+            phi = [arrays[f"best_phi_{i}"] for i in range(size)]
         label = f"checkpoint {Path(checkpoint).name} (epoch {state['epoch']})"
         makers[label] = lambda phi=phi, a=architecture: LSTMOptimizer(weights=phi, **a)
     return makers

@@ -494,6 +494,19 @@ def test_resumed_meta_training_ends_as_an_uninterrupted_run(tmp_path):
         _small_general_trainer().restore_checkpoint(tmp_path / "nothing")
 
 
+def test_a_registry_init_from_is_where_meta_training_starts():
+    import dataclasses
+
+    from kzoo.zoo import learned_optimizers
+    from kzoo.zoo import registry
+
+    entry = registry.entry("lstm_optimizer_digits_mlp")
+    assert learned_optimizers.meta_trainer(entry).init_from is None
+    started = learned_optimizers.meta_trainer(dataclasses.replace(entry, init_from=PRESET))
+    for a, b in zip(started.phi, learned.load_meta_parameters(PRESET)[0]):
+        np.testing.assert_array_equal(ops.convert_to_numpy(a), b)
+
+
 def test_meta_training_improves_the_optimizer(tmp_path):
     trainer = meta.MetaTrainer(
         problems.Quadratic(),

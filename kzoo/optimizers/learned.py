@@ -211,8 +211,7 @@ def step(phi, gradient, state, output_scale=1.0, preprocess=True, exponent=10.0,
     if inputs == "moments":
         *state, moments = state
         features, moments = _moment_features(flat, ops.reshape(moments, (-1, MOMENTS)))
-        x = ops.concatenate([x, features], axis=-1)
-    features = x
+        x = features = ops.concatenate([x, features], axis=-1)  # the output layer sees them too
     for layer in range(len(state) // 2):
         kernel, recurrent, bias = phi[3 * layer : 3 * layer + 3]
         h, c = state[2 * layer], state[2 * layer + 1]
@@ -275,7 +274,7 @@ def _network(architecture):
         architecture["units"],
         architecture["num_layers"],
         architecture["preprocess"],
-        architecture.get("inputs", "gradient"),
+        architecture["inputs"],
     )
 
 

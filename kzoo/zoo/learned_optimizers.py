@@ -26,6 +26,15 @@ def _optimizer_entry(entry):
 CHECKPOINTS = ".checkpoints"
 
 
+def meta_trainer(entry, seed=0):
+    """The `MetaTrainer` of a learned-optimizer entry: its task's problem
+    family, its arguments, and its `init_from` preset as the starting `phi`."""
+    entry, task = _optimizer_entry(entry)
+    return meta.MetaTrainer(
+        problems.FAMILIES[task.family](), seed=seed, init_from=entry.init_from, **entry.args
+    )
+
+
 def checkpoint_dir(target):
     """Where the meta-training of the preset `target` keeps its checkpoint:
     `<zoo>/.checkpoints/<name>` (a run's whole state after each epoch)."""
@@ -81,7 +90,7 @@ def train(
     checkpoint = checkpoint_dir(target)
     epochs = presets.epochs_or_default(epochs, task.epochs)
     keras.utils.set_random_seed(seed)
-    trainer = meta.MetaTrainer(problems.FAMILIES[task.family](), seed=seed, **entry.args)
+    trainer = meta_trainer(entry, seed)
     if resume:
         trainer.restore_checkpoint(checkpoint)
     elif (checkpoint / meta.CHECKPOINT_STATE).exists() and not overwrite:

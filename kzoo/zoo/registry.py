@@ -61,7 +61,9 @@ class Entry:
         train_args: builder arguments that differ while training (e.g. the
             RWN trains with a one-step walk); they must not change the weights.
         init_from: a preset whose weights initialize the layers of the same
-            name before training (the RWN starts from its FCN twin).
+            name before training (the RWN starts from its FCN twin); for a
+            learned optimizer, the preset whose `phi` meta-training starts
+            from.
         serving_outputs: the outputs its SavedModel's `serving_default`
             returns (`None`: all); the others stay available in the
             `all_outputs` signature (the RWN serves its segmentation and
@@ -394,15 +396,9 @@ register(
     learning_rate=1e-3,
     validation_problems=64,
 )
-register(
-    "lstm_optimizer_general",
-    "optimizer",
-    "kzoo.optimizers.learned:LSTMOptimizer",
-    task="meta_general",
-    description="LSTM optimizer meta-trained on 14 kinds of small problems (MLPs, CNNs, "
-    "linear models; 5 datasets), horizons 200-1000 (preprocessing, output scale 0.1)",
-    preprocess=True,
-    output_scale=0.1,
+# The meta-training both general learned optimizers share (the same problems,
+# horizons, meta-loss, restarts and meta-optimizer).
+_GENERAL_META_TRAINING = dict(
     num_problems=8,
     learning_rate=1e-3,
     validation_problems=8,
@@ -412,7 +408,17 @@ register(
     objective="log_ratio",
     restart_probability=0.1,
     clipnorm=1.0,
-    init_from="lstm_optimizer_digits_mlp",
+)
+register(
+    "lstm_optimizer_general",
+    "optimizer",
+    "kzoo.optimizers.learned:LSTMOptimizer",
+    task="meta_general",
+    description="LSTM optimizer meta-trained on 14 kinds of small problems (MLPs, CNNs, "
+    "linear models; 5 datasets), horizons 200-1000 (preprocessing, output scale 0.1)",
+    preprocess=True,
+    output_scale=0.1,
+    **_GENERAL_META_TRAINING,
 )
 register(
     "lstm_optimizer_general_moments",
@@ -424,13 +430,5 @@ register(
     preprocess=True,
     inputs="moments",
     output_scale=1e-3,
-    num_problems=8,
-    learning_rate=1e-3,
-    validation_problems=8,
-    horizon=200,
-    max_horizon=1000,
-    validation_horizon=400,
-    objective="log_ratio",
-    restart_probability=0.1,
-    clipnorm=1.0,
+    **_GENERAL_META_TRAINING,
 )
