@@ -17,13 +17,22 @@ is the size of phi: 5,141) and `model` the model's forward-and-backward
 multiply-adds per parameter per step (3 times each weight's uses in the
 forward pass).
 
-    KERAS_BACKEND=jax python benchmarks/learned_optimizer_cost.py
+Each backend runs in its own process, once with glibc's default `malloc`
+and once after `kzoo.runtime.tune_cpu_allocator()` (freed buffers kept for
+the next step instead of returned to the system and faulted in again):
 
-Merges its numbers into `benchmarks/results/learned_optimizer_cost.json`.
+    python benchmarks/learned_optimizer_cost.py [--backends ...] [--allocators default tuned]
+
+Merges its numbers into `benchmarks/results/learned_optimizer_cost.json`
+(`results[backend][allocator][model]`).
 """
 
+import argparse
 import json
 import math
+import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -124,7 +133,8 @@ def op_breakdown(build):
     return {"total_ms": sum(times.values()), **{k: times[k] for k in top}}
 
 
-def main():
+def measure(allocator):
+    """This process' numbers on its backend (`allocator` labels its progress lines)."""
     digits = problems.load_dataset("digits")[:2]
     patches = texture_patches.load("train")
     cases = {
@@ -133,9 +143,7 @@ def main():
         "resnet_texture_patches": (resnet, (patches[0][:1024], patches[1][:1024]), 64, 1),
     }
     backend = keras.backend.backend()
-    out = RESULTS / "learned_optimizer_cost.json"
-    results = json.loads(out.read_text()) if out.exists() else {}
-    results[backend] = {}
+    results = {}
     for name, (build, (x, y), batch, epochs) in cases.items():
         runs = {
             "LSTM": LSTMOptimizer.from_preset(PRESET),
@@ -149,21 +157,56 @@ def main():
         row["ratio"] = row["LSTM"]["median_step_ms"] / adam
         row["ratio_bfloat16"] = row["LSTM_bfloat16"]["median_step_ms"] / adam
         row["arithmetic_bound"] = 1 + lstm_macs / model_macs
-        results[backend][name] = row
+        results[name] = row
+        lstm = row["LSTM"]["median_step_ms"]
         print(
-            f"{backend} {name}: LSTM {row['LSTM']['median_step_ms']:.2f} ms "
+            f"{backend} ({allocator} allocator) {name}: LSTM {lstm:.2f} ms "
             f"(bfloat16 state {row['LSTM_bfloat16']['median_step_ms']:.2f}), "
             f"Adam {adam:.2f} ms, ratio {row['ratio']:.2f} (bound {row['arithmetic_bound']:.2f}), "
             f"state bytes/param {row['LSTM']['state_bytes_per_parameter']:.0f} / "
             f"{row['LSTM_bfloat16']['state_bytes_per_parameter']:.0f} vs "
             f"{row['Adam']['state_bytes_per_parameter']:.0f}",
+            file=sys.stderr,
             flush=True,
         )
     if backend == "torch":
-        results[backend]["op_breakdown_mlp_64-256-256-10_ms"] = op_breakdown(mlp((256, 256)))
-        print(results[backend]["op_breakdown_mlp_64-256-256-10_ms"])
-    RESULTS.mkdir(exist_ok=True)
-    out.write_text(json.dumps(results, indent=1))
+        results["op_breakdown_mlp_64-256-256-10_ms"] = op_breakdown(mlp((256, 256)))
+        print(results["op_breakdown_mlp_64-256-256-10_ms"], file=sys.stderr)
+    return results
+
+
+# A child process: the allocator is set before Keras loads a framework.
+CHILD = """
+import json, sys
+from kzoo import runtime
+if sys.argv[1] == "tuned":
+    assert runtime.tune_cpu_allocator(), "glibc refused the allocator settings"
+sys.path.insert(0, sys.argv[2])
+import learned_optimizer_cost
+print(json.dumps(learned_optimizer_cost.measure(sys.argv[1])))
+"""
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--backends", nargs="+", default=["tensorflow", "jax", "torch"])
+    parser.add_argument("--allocators", nargs="+", default=["default", "tuned"])
+    args = parser.parse_args()
+    out = RESULTS / "learned_optimizer_cost.json"
+    results = json.loads(out.read_text()) if out.exists() else {}
+    for backend in args.backends:
+        for allocator in args.allocators:
+            env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+            child = subprocess.run(
+                [sys.executable, "-c", CHILD, allocator, str(Path(__file__).parent)],
+                env=env,
+                stdout=subprocess.PIPE,
+                text=True,
+                check=True,
+            )
+            results.setdefault(backend, {})[allocator] = json.loads(child.stdout.splitlines()[-1])
+            RESULTS.mkdir(exist_ok=True)
+            out.write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":

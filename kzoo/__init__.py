@@ -19,6 +19,7 @@ _SUBMODULES = (
     "layers",
     "optimizers",
     "regularizers",
+    "runtime",
     "serving",
     "zoo",
 )

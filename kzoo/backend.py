@@ -9,6 +9,8 @@ express is here:
   Keras, so callers take a dense path there;
 - gradients of a model's compiled loss outside `fit` (`loss_gradients`),
   with each backend's autodiff;
+- one fused kernel for an elementwise-heavy function inside a train step
+  (`fused`: XLA on TensorFlow, whose CPU train step is an unfused graph);
 - the autodiff and compilation of meta-training (`value_and_stopped_gradient`,
   `compiled_value_and_grad`, `compiled`): gradients through an unrolled
   optimization, with the optimizee's gradients held constant, and
@@ -22,6 +24,8 @@ express is here:
   whether a tensor holds values that can be checked now (`is_concrete`);
 - whether recurrent layers should compute their state-free inputs for the
   whole sequence before the loop (`precomputes_rnn_inputs`);
+- whether an LSTM step computes its gates as separate, contiguous tensors
+  (`contiguous_gates`);
 - whether an optimizer must update variable by variable
   (`updates_per_variable`: under a `tf.distribute` strategy).
 """
@@ -224,6 +228,35 @@ def compiled(fn):
 
         return jax.jit(fn)
     return fn
+
+
+def fused(fn):
+    """`fn` compiled as one fused kernel where the train step would not fuse it.
+
+    On CPU, Keras runs TensorFlow's train step as a graph without XLA, where
+    each op of an elementwise-heavy function is its own pass over memory;
+    there `fn` becomes one XLA cluster (`tf.function(jit_compile=True)`),
+    inside `fit` or eagerly, compiled once per input signature. JAX compiles
+    whole steps with XLA already and PyTorch runs eagerly: `fn` itself.
+
+    Args:
+        fn: a pure function of tensors (Keras variables are read first) and
+            Python constants, written with `keras.ops`.
+
+    Returns:
+        A function with `fn`'s signature and results.
+    """
+    if keras.backend.backend() != "tensorflow":
+        return fn
+    import tensorflow as tf
+
+    compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
+
+    def call(*args, **kwargs):
+        read = lambda x: tf.convert_to_tensor(x) if isinstance(x, keras.Variable) else x  # noqa: E731
+        return compiled(*tf.nest.map_structure(read, args), **kwargs)
+
+    return call
 
 
 def optimizer_stepper(optimizer, params, loss_fn):
@@ -472,6 +505,19 @@ def precomputes_rnn_inputs():
     it measured slower on CPU, because the per-step working set no longer
     stays in cache and the backward pass stacks a `(time, batch, 4 * units)`
     gradient (BENCHMARKS.md, "Train-step time").
+    """
+    return keras.backend.backend() == "torch"
+
+
+def contiguous_gates():
+    """Whether an LSTM step computes each gate with its own matmul.
+
+    `LSTMOptimizer`'s step applies its gates to a `(parameters, 4 * units)`
+    product. Eager PyTorch runs an elementwise op on a column slice of it
+    about 3× slower than on a contiguous tensor, so there one matmul per gate
+    wins (29.6 → 17.5 ms on 85k parameters); XLA (TensorFlow's fused step,
+    JAX) fuses the slices, and one matmul wins there (17.6 → 22.0 ms on JAX
+    with four). BENCHMARKS.md, "Cost inside `model.fit`".
     """
     return keras.backend.backend() == "torch"
 

@@ -23,6 +23,8 @@ import os
 import re
 import sys
 
+from kzoo import runtime
+
 
 def _table(rows, headers):
     cells = [[str(c) for c in row] for row in rows]
@@ -448,6 +450,7 @@ def main(argv=None):
         if "keras" in sys.modules:  # imported with another backend: start again
             os.execv(sys.executable, [sys.executable, "-m", "kzoo.cli", *argv])
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    runtime.tune_cpu_allocator()  # before any framework starts its threads
     try:
         args.func(args)
     except Exception as e:
