@@ -9,8 +9,8 @@ takes a page fault for every 4 kB it touches, every step: about 16,600 per
 step (65 MB) for `LSTMOptimizer` on an 85k-parameter model, half of its
 time on JAX (BENCHMARKS.md, "Cost inside `model.fit`").
 
-It is the same advice as TensorFlow's and PyTorch's CPU performance guides
-give for tcmalloc or jemalloc, with glibc's own settings: one arena
+PyTorch's CPU performance guide answers the same problem with jemalloc or
+tcmalloc; this uses glibc's own settings instead: one arena
 (`M_ARENA_MAX=1`), no `mmap` for large blocks (`M_MMAP_MAX=0`) and freed
 memory kept up to 1 GiB (`M_TRIM_THRESHOLD`). The process then keeps the
 memory of its largest step: its resident size stays at its peak.

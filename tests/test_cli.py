@@ -47,6 +47,25 @@ def test_help_list_and_info_import_no_framework():
     assert result.stdout.strip() == "[]", result.stdout + result.stderr
 
 
+def test_cli_tunes_the_allocator_before_loading_a_framework():
+    script = (
+        "import sys, contextlib, io\n"
+        "from unittest import mock\n"
+        "from kzoo import cli, runtime\n"
+        "calls = []\n"
+        "def spy():\n"
+        "    calls.append(sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules)))\n"
+        "with mock.patch.object(runtime, 'tune_cpu_allocator', spy):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()):\n"
+        "        cli.main(['list'])\n"
+        "print(calls)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[[]]", result.stdout + result.stderr
+
+
 def test_info_prints_the_model_card(capsys):
     cli.main(["info", "rwn_texture_scenes"])
     out = capsys.readouterr().out

@@ -44,22 +44,3 @@ def test_tuned_allocator_reuses_freed_buffers_instead_of_faulting():
     untuned, tuned = _faults("default"), _faults("tuned")
     assert untuned > 5 * 16_000, untuned
     assert tuned < untuned / 20, (tuned, untuned)
-
-
-def test_cli_tunes_the_allocator_before_loading_a_framework():
-    script = (
-        "import sys, contextlib, io\n"
-        "from unittest import mock\n"
-        "from kzoo import cli, runtime\n"
-        "calls = []\n"
-        "def spy():\n"
-        "    calls.append(sorted({'keras', 'tensorflow', 'jax', 'torch'} & set(sys.modules)))\n"
-        "with mock.patch.object(runtime, 'tune_cpu_allocator', spy):\n"
-        "    with contextlib.redirect_stdout(io.StringIO()):\n"
-        "        cli.main(['list'])\n"
-        "print(calls)\n"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", script], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "[[]]", result.stdout + result.stderr
