@@ -26,6 +26,8 @@ express is here:
   whole sequence before the loop (`precomputes_rnn_inputs`);
 - whether an LSTM step computes its gates as separate, contiguous tensors
   (`contiguous_gates`);
+- a long sum of products (`multiply_accumulate`): one buffer updated in
+  place on PyTorch, grouped sums where a compiler fuses them;
 - whether an optimizer must update variable by variable
   (`updates_per_variable`: under a `tf.distribute` strategy).
 """
@@ -507,6 +509,44 @@ def precomputes_rnn_inputs():
     gradient (BENCHMARKS.md, "Train-step time").
     """
     return keras.backend.backend() == "torch"
+
+
+def multiply_accumulate(weights, terms, groups):
+    """`sum_p weights[..., p:p+1] * terms[p]`, the random walk's stencil sum.
+
+    Eager PyTorch would allocate a tensor for each product and each partial
+    sum; it instead multiplies contiguous copies of the weight planes into
+    one buffer in place (`addcmul_`, differentiable). Elsewhere the products
+    are summed within each group, then the groups: where XLA fuses the whole
+    sum into one loop, that is `len(groups)` independent chains of adds
+    instead of one chain of P dependent ones. Measured on one CPU thread,
+    128x128, 81 neighbours, 21 classes (`benchmarks/random_walk_runtime.py`):
+    PyTorch 34.7 -> 11.2 ms, JAX 2.7 -> 1.9 ms, TensorFlow (XLA) 4.8 -> 2.2 ms.
+
+    Args:
+        weights: `(..., P)` tensor.
+        terms: P tensors that `weights[..., p:p+1]` broadcasts against.
+        groups: lists of indices into `range(P)`, each index in one group.
+
+    Returns:
+        The sum, shaped like `terms[0]`.
+    """
+    if keras.backend.backend() == "torch":
+        import torch
+
+        planes = torch.movedim(weights, -1, 0).contiguous().unsqueeze(-1)
+        total = torch.zeros_like(terms[0])
+        for plane, term in zip(planes, terms):
+            total.addcmul_(plane, term)
+        return total
+    total = None
+    for group in groups:
+        partial = None
+        for p in group:
+            product = weights[..., p : p + 1] * terms[p]
+            partial = product if partial is None else partial + product
+        total = partial if total is None else total + partial
+    return total
 
 
 def contiguous_gates():
