@@ -67,6 +67,7 @@ def test_readme_zoo_table_matches_the_presets_metadata():
         "lstm_optimizer_digits_mlp",
         "lstm_optimizer_general",
         "lstm_optimizer_general_moments",
+        "lstm_optimizer_general_noisy",
         "lstm_optimizer_quadratic",
     }, checked
 
@@ -85,6 +86,7 @@ def test_readme_learned_optimizer_table_matches_the_presets_metadata():
         "lstm_optimizer_digits_mlp",
         "lstm_optimizer_general",
         "lstm_optimizer_general_moments",
+        "lstm_optimizer_general_noisy",
         "lstm_optimizer_quadratic",
     }
     for name, shown, problems in rows:

@@ -401,9 +401,15 @@ class _Linear:
 
 
 @pytest.mark.parametrize(
-    "objective, inputs", [("sum", "gradient"), ("log_ratio", "gradient"), ("log_ratio", "moments")]
+    "objective, inputs, floor",
+    [
+        ("sum", "gradient", None),
+        ("log_ratio", "gradient", None),
+        ("log_ratio", "moments", None),
+        ("log_ratio", "gradient", 0.5),
+    ],
 )
-def test_meta_gradient_matches_finite_differences(objective, inputs):
+def test_meta_gradient_matches_finite_differences(objective, inputs, floor):
     problem = _Linear()
     trainer = meta.MetaTrainer(
         problem,
@@ -414,6 +420,7 @@ def test_meta_gradient_matches_finite_differences(objective, inputs):
         output_scale=0.5,
         objective=objective,
         inputs=inputs,
+        log_ratio_floor=floor,
     )
     params, constants, _, state, reference = trainer._episode(
         problem, np.random.default_rng(0), 2, 5
@@ -425,7 +432,7 @@ def test_meta_gradient_matches_finite_differences(objective, inputs):
     expected = (
         losses[1:].sum(0).mean()
         if objective == "sum"
-        else np.log(losses[1:] / losses[0] + meta.LOG_RATIO_FLOOR).mean()
+        else np.log(losses[1:] / losses[0] + (floor or meta.LOG_RATIO_FLOOR)).mean()
     )
     np.testing.assert_allclose(ops.convert_to_numpy(value), expected, rtol=1e-5, atol=1e-6)
     rng = np.random.default_rng(1)
@@ -441,6 +448,22 @@ def test_meta_gradient_matches_finite_differences(objective, inputs):
     numeric = (objective_at(1) - objective_at(-1)) / (2 * eps)
     analytic = sum(float(np.sum(ops.convert_to_numpy(g) * d)) for g, d in zip(grads, direction))
     np.testing.assert_allclose(analytic, numeric, rtol=2e-2)
+
+
+def test_the_validation_score_adds_the_log_ratio_floor_only_when_set():
+    curves = {"a": np.array([[4.0, 4.0], [2.0, 2.0], [0.04, 0.04]]), "b": np.full((3, 2), 1.0)}
+    plain = _small_general_trainer()
+    np.testing.assert_allclose(
+        plain.score(curves), (np.log(0.01) / 2, (np.log(0.5) + np.log(0.01)) / 4)
+    )
+    floored = _small_general_trainer(log_ratio_floor=0.09)
+    np.testing.assert_allclose(
+        floored.score(curves),
+        (
+            (np.log(0.1) + np.log(1.09)) / 2,
+            (np.log(0.59) + np.log(0.1) + 2 * np.log(1.09)) / 4,
+        ),
+    )
 
 
 def _small_general_trainer(**overrides):
@@ -571,6 +594,37 @@ def test_problem_families_match_a_numpy_forward_pass():
             else:  # squared error on the standardized target
                 expected = np.mean((out[:, 0] - batch["y"][k][:, 0]) ** 2)
             np.testing.assert_allclose(got[k], expected, rtol=1e-5)
+
+
+def test_the_noisy_distribution_adds_families_whose_loss_keeps_a_floor():
+    general = [m.name for m in problems.general_training_distribution().members]
+    noisy = problems.noisy_training_distribution()
+    names = [m.name for m in noisy.members]
+    assert names[: len(general)] == general and len(names) == len(general) + 8
+    assert not any(held_out in n for n in names for held_out in ("friedman", "texture", "diab"))
+    x, clean, _ = problems.load_dataset("digits")
+    x_noisy, labels, num_classes = problems.load_dataset("digits_noisy_labels")
+    np.testing.assert_array_equal(x, x_noisy)
+    # A fifth drawn at random among 10 classes: 18 % expected to change.
+    assert num_classes == 10 and 0.15 < np.mean(labels != clean) < 0.21
+    for name, shape, classes in (
+        ("noisy_classification", (4000, 20), 6),
+        ("hastie", (4000, 10), 2),
+        ("moons", (2000, 2), 2),
+        ("gaussian_quantiles", (3000, 6), 4),
+        ("swiss_roll", (3000, 3), 0),
+    ):
+        x, y, num_classes = problems.load_dataset(name)
+        assert x.shape == shape and num_classes == classes, name
+        np.testing.assert_allclose(x.mean(0), 0, atol=1e-5)
+        np.testing.assert_allclose(x.std(0), 1, atol=1e-3)
+        if classes:
+            assert set(np.unique(y)) == set(range(classes)), name
+    # The noise keeps a floor: the best linear fit of the roll's position
+    # leaves a fifth of its variance (the roll is nonlinear and noisy).
+    x, y, _ = problems.load_dataset("swiss_roll")
+    residual = y - x @ np.linalg.lstsq(x, y, rcond=None)[0]
+    assert residual.var() > 0.2
 
 
 def test_initialization_scales_and_training_horizons_are_drawn_in_range():

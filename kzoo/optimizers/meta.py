@@ -102,7 +102,17 @@ def optimize(optimizer, problem, seed, num_problems, horizon=100):
 
 
 def unroll(
-    phi, params, state, constants, batches, reference, problem, steps, architecture, objective="sum"
+    phi,
+    params,
+    state,
+    constants,
+    batches,
+    reference,
+    problem,
+    steps,
+    architecture,
+    objective="sum",
+    floor=None,
 ):
     """`steps` learned-optimizer steps on a batch of problems.
 
@@ -120,8 +130,9 @@ def unroll(
             the optimizer.
         objective: `"sum"`, the paper's `sum_{t=1..steps} f(theta_t)` (mean
             over problems), or `"log_ratio"`, the mean over steps and
-            problems of `log(f(theta_t) / reference + 1e-3)`, which weighs
+            problems of `log(f(theta_t) / reference + floor)`, which weighs
             problems of any loss scale alike.
+        floor: the floor of `"log_ratio"` (default `LOG_RATIO_FLOOR`).
 
     Returns:
         `(meta_loss, (params, state, losses, reference))`: the meta-loss,
@@ -153,7 +164,7 @@ def unroll(
         meta_loss = ops.mean(ops.sum(losses[1:], axis=0))
     else:
         ratio = ops.minimum(losses[1:] / reference, LOG_RATIO_CAP)
-        meta_loss = ops.mean(ops.log(ratio + LOG_RATIO_FLOOR))
+        meta_loss = ops.mean(ops.log(ratio + (LOG_RATIO_FLOOR if floor is None else floor)))
     return meta_loss, (params, state, losses, reference)
 
 
@@ -195,6 +206,11 @@ class MetaTrainer:
         clipnorm: if set, the meta-gradient's global norm is clipped to it.
         init_from: a learned-optimizer preset whose `phi` (of the same
             architecture) meta-training starts from, instead of a random one.
+        log_ratio_floor: if set, the floor added to the loss ratios of the
+            `"log_ratio"` meta-loss and of the validation score, so a
+            problem's progress below that fraction of its initial loss earns
+            little; by default the meta-loss adds `LOG_RATIO_FLOOR` and the
+            score nothing (the first general presets' setting).
     """
 
     problem: object
@@ -216,6 +232,7 @@ class MetaTrainer:
     clipnorm: float = None
     init_from: str = None
     inputs: str = "gradient"
+    log_ratio_floor: float = None
 
     def __post_init__(self):
         for name in ("horizon", "max_horizon", "validation_horizon"):
@@ -297,6 +314,7 @@ class MetaTrainer:
                     self.unroll,
                     self.architecture,
                     self.objective,
+                    self.log_ratio_floor,
                 )
 
             self._compiled[problem.name] = (
@@ -417,17 +435,19 @@ class MetaTrainer:
 
         For `"sum"`, the mean loss at the last step and over all steps; for
         `"log_ratio"`, the mean over families of `log(mean loss at the step
-        / mean initial loss)`, at the last step and over all steps. Lower is
-        better; a diverged family makes the score infinite.
+        / mean initial loss + log_ratio_floor)` (no floor if it is unset), at
+        the last step and over all steps. Lower is better; a diverged family
+        makes the score infinite.
         """
         if self.objective == "sum":
             (c,) = curves.values()
             return float(c[-1].mean()), float(c[1:].mean())
         final, mean = [], []
+        floor = self.log_ratio_floor or 0.0
         for c in curves.values():
             initial = c[0].mean()
-            final.append(np.log(c[-1].mean() / initial))
-            mean.append(np.log(c[1:].mean(axis=1) / initial).mean())
+            final.append(np.log(c[-1].mean() / initial + floor))
+            mean.append(np.log(c[1:].mean(axis=1) / initial + floor).mean())
         scores = float(np.mean(final)), float(np.mean(mean))
         return tuple(s if np.isfinite(s) else float("inf") for s in scores)
 

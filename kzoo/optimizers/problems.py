@@ -16,7 +16,8 @@ and `batches` draws the per-step minibatches of one episode.
 - `DigitsMLP`, `DigitsCNN`: the paper's MNIST experiments at the digits' scale
   (minibatches of 128, sigmoid units), the families of the first presets.
 - `Mixture`: a distribution over families (one drawn per episode);
-  `general_training_distribution()` is the one of `lstm_optimizer_general`.
+  `general_training_distribution()` is the one of `lstm_optimizer_general`,
+  `noisy_training_distribution()` the one of `lstm_optimizer_general_noisy`.
 
 Losses are written with `keras.ops`; sampling is numpy (seeded).
 """
@@ -107,9 +108,13 @@ def load_dataset(name):
 def _read_dataset(name):
     import sklearn.datasets as sk
 
-    if name in ("digits", "texture_patches_8x8"):
-        if name == "digits":
+    if name in ("digits", "digits_noisy_labels", "texture_patches_8x8"):
+        if name.startswith("digits"):
             x, y = digits.load("train")
+            if name == "digits_noisy_labels":  # a fifth of the labels drawn at random
+                rng = np.random.default_rng(0)
+                noisy = rng.uniform(size=len(y)) < 0.2
+                y = np.where(noisy, rng.integers(0, 10, len(y)), y)
         else:
             from kzoo.datasets import texture_patches
 
@@ -124,6 +129,30 @@ def _read_dataset(name):
             n_samples=2000, n_features=20, n_informative=10, n_classes=4, random_state=0
         )
         return _standardized(x), y.astype("int32"), 4
+    if name in ("noisy_classification", "hastie", "moons", "gaussian_quantiles"):
+        if name == "noisy_classification":  # a quarter of the labels random, overlapping classes
+            x, y = sk.make_classification(
+                n_samples=4000,
+                n_features=20,
+                n_informative=10,
+                n_classes=6,
+                flip_y=0.25,
+                class_sep=0.7,
+                random_state=1,
+            )
+        elif name == "hastie":  # binary: is the squared norm of 10 Gaussians above 9.34
+            x, y = sk.make_hastie_10_2(n_samples=4000, random_state=0)
+            y = (y > 0).astype("int32")
+        elif name == "moons":
+            x, y = sk.make_moons(n_samples=2000, noise=0.35, random_state=0)
+        else:  # 4 concentric shells of a 6-d Gaussian
+            x, y = sk.make_gaussian_quantiles(
+                n_samples=3000, n_features=6, n_classes=4, random_state=0
+            )
+        return _standardized(x), y.astype("int32"), int(y.max()) + 1
+    if name == "swiss_roll":  # the position along a noisy 3-d roll
+        x, y = sk.make_swiss_roll(n_samples=3000, noise=1.5, random_state=0)
+        return _standardized(x), _standardized(y[:, None]), 0
     if name in ("diabetes", "synthetic_regression", "friedman"):
         if name == "diabetes":
             x, y = sk.load_diabetes(return_X_y=True)
@@ -145,8 +174,15 @@ DATASETS = (
     "diabetes",
     "synthetic_regression",
     "friedman",
+    "digits_noisy_labels",
+    "noisy_classification",
+    "hastie",
+    "moons",
+    "gaussian_quantiles",
+    "swiss_roll",
 )
-IMAGE_DATASETS = ("digits", "texture_patches_8x8")  # 8x8 single-channel images
+# 8x8 single-channel images
+IMAGE_DATASETS = ("digits", "digits_noisy_labels", "texture_patches_8x8")
 ACTIVATIONS = {
     "sigmoid": ops.sigmoid,
     "tanh": ops.tanh,
@@ -380,9 +416,41 @@ def general_training_distribution():
     )
 
 
+def noisy_training_distribution():
+    """The meta-training distribution of `lstm_optimizer_general_noisy`.
+
+    The fourteen families of `general_training_distribution`, and eight whose
+    loss keeps a floor well above zero over 1000 steps (label noise,
+    overlapping classes, noisy targets, or a boundary the model fits slowly),
+    on six more local datasets (documented in
+    `docs/learned_optimizer_general.md`): on the digits with a fifth of the
+    labels random, a ReLU MLP and a ReLU CNN; on scikit-learn's generated
+    data, a ReLU MLP and softmax regression on overlapping classes with a
+    quarter of the labels random, a ReLU MLP on Hastie's 10-d problem, a
+    two-layer tanh MLP on noisy moons, a tanh MLP on Gaussian quantiles, and
+    a ReLU MLP regressing the position along a noisy swiss roll.
+    """
+    scale = (0.5, 2.0)
+    return Mixture(
+        general_training_distribution().members
+        + [
+            MLP("digits_noisy_labels", (32,), "relu", 64, scale),
+            CNN("digits_noisy_labels", 8, "relu", 64, scale),
+            MLP("noisy_classification", (48,), "relu", 128, scale),
+            MLP("noisy_classification", (), "sigmoid", 64, scale),
+            MLP("hastie", (32,), "relu", 64, scale),
+            MLP("moons", (32, 32), "tanh", 32, scale),
+            MLP("gaussian_quantiles", (32,), "tanh", 64, scale),
+            MLP("swiss_roll", (32,), "relu", 32, scale),
+        ],
+        name="general_noisy",
+    )
+
+
 FAMILIES = {
     "quadratic": Quadratic,
     "digits_mlp": DigitsMLP,
     "digits_cnn": DigitsCNN,
     "general": general_training_distribution,
+    "general_noisy": noisy_training_distribution,
 }

@@ -138,7 +138,7 @@ def list_entries(filter=None, kind=None, pretrained=None):
     Example:
 
     >>> list_entries("lstm_optimizer_general*")
-    ['lstm_optimizer_general', 'lstm_optimizer_general_moments']
+    ['lstm_optimizer_general', 'lstm_optimizer_general_moments', 'lstm_optimizer_general_noisy']
     """
     names = sorted(
         n
@@ -431,4 +431,17 @@ register(
     inputs="moments",
     output_scale=1e-3,
     **_GENERAL_META_TRAINING,
+)
+register(
+    "lstm_optimizer_general_noisy",
+    "optimizer",
+    "kzoo.optimizers.learned:LSTMOptimizer",
+    task="meta_general_noisy",
+    description="lstm_optimizer_general_moments meta-trained further with 8 noisy families "
+    "added and a meta-loss that stops rewarding progress below 1% of the initial loss",
+    preprocess=True,
+    inputs="moments",
+    output_scale=1e-3,
+    init_from="lstm_optimizer_general_moments",
+    **{**_GENERAL_META_TRAINING, "log_ratio_floor": 1e-2},
 )

@@ -228,4 +228,14 @@ TASKS = {
         episodes_per_epoch=10,
         patience=30,
     ),
+    "meta_general_noisy": MetaTask(
+        name="meta_general_noisy",
+        family="general_noisy",
+        dataset="the 14 families of meta_general and 8 whose loss keeps a floor (label noise, "
+        "overlapping classes, noisy targets) on 6 more local datasets "
+        "(kzoo.optimizers.problems.noisy_training_distribution)",
+        epochs=200,
+        episodes_per_epoch=10,
+        patience=30,
+    ),
 }
