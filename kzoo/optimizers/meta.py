@@ -101,6 +101,9 @@ def optimize(optimizer, problem, seed, num_problems, horizon=100):
     return np.stack(curves)
 
 
+LOG_RATIO_FLOOR = 1e-3
+
+
 def unroll(
     phi,
     params,
@@ -112,7 +115,7 @@ def unroll(
     steps,
     architecture,
     objective="sum",
-    floor=None,
+    floor=LOG_RATIO_FLOOR,
 ):
     """`steps` learned-optimizer steps on a batch of problems.
 
@@ -132,7 +135,7 @@ def unroll(
             over problems), or `"log_ratio"`, the mean over steps and
             problems of `log(f(theta_t) / reference + floor)`, which weighs
             problems of any loss scale alike.
-        floor: the floor of `"log_ratio"` (default `LOG_RATIO_FLOOR`).
+        floor: the floor of `"log_ratio"`.
 
     Returns:
         `(meta_loss, (params, state, losses, reference))`: the meta-loss,
@@ -164,11 +167,10 @@ def unroll(
         meta_loss = ops.mean(ops.sum(losses[1:], axis=0))
     else:
         ratio = ops.minimum(losses[1:] / reference, LOG_RATIO_CAP)
-        meta_loss = ops.mean(ops.log(ratio + (LOG_RATIO_FLOOR if floor is None else floor)))
+        meta_loss = ops.mean(ops.log(ratio + floor))
     return meta_loss, (params, state, losses, reference)
 
 
-LOG_RATIO_FLOOR = 1e-3
 LOG_RATIO_CAP = 1e4
 OBJECTIVES = ("sum", "log_ratio")
 CHECKPOINT_ARRAYS = "checkpoint.npz"
@@ -314,7 +316,7 @@ class MetaTrainer:
                     self.unroll,
                     self.architecture,
                     self.objective,
-                    self.log_ratio_floor,
+                    LOG_RATIO_FLOOR if self.log_ratio_floor is None else self.log_ratio_floor,
                 )
 
             self._compiled[problem.name] = (

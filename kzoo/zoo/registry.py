@@ -443,5 +443,6 @@ register(
     inputs="moments",
     output_scale=1e-3,
     init_from="lstm_optimizer_general_moments",
-    **{**_GENERAL_META_TRAINING, "log_ratio_floor": 1e-2},
+    log_ratio_floor=1e-2,
+    **_GENERAL_META_TRAINING,
 )
