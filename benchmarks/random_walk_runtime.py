@@ -135,6 +135,51 @@ def measure_backend(size, radius):
         )
     )
     out["stencil_converged_ms"] = median_ms(lambda: keras.ops.convert_to_numpy(converged(f_t, a_t)))
+    upstream = to_tensor(np.random.default_rng(1).normal(size=f.shape).astype("float32"))
+
+    def loss(x, a):
+        return keras.ops.sum(rw.random_walk_step(x, a, "stencil") * upstream)
+
+    if backend == "tensorflow":
+
+        @tf.function(jit_compile=True)
+        def gradients(x, a):
+            with tf.GradientTape() as tape:
+                tape.watch([x, a])
+                value = loss(x, a)
+            return tape.gradient(value, [x, a])
+
+    elif backend == "jax":
+        gradients = jax.jit(jax.grad(loss, argnums=(0, 1)))
+    else:
+
+        def gradients(x, a):
+            x, a = x.detach().requires_grad_(), a.detach().requires_grad_()
+            return torch.autograd.grad(loss(x, a), [x, a])
+
+    out["stencil_step_with_gradients_ms"] = median_ms(
+        lambda: [keras.ops.convert_to_numpy(g) for g in gradients(f_t, a_t)], runs=10
+    )
+    if backend == "torch":
+        # The path PyTorch takes where it has no CSR product (half precision,
+        # torch.compile): products added in place into one buffer.
+        from kzoo import backend as kzoo_backend
+
+        offsets = rw.neighbour_offsets(radius)
+        padded = torch.nn.functional.pad(f_t, (0, 0, radius, radius, radius, radius))
+        out["in_place_step_ms"] = median_ms(
+            lambda: kzoo_backend._add_products_in_place(a_t, padded, offsets, radius)
+        )
+
+        def in_place_gradients(x, a):
+            x, a = x.detach().requires_grad_(), a.detach().requires_grad_()
+            padded = torch.nn.functional.pad(x, (0, 0, radius, radius, radius, radius))
+            y = kzoo_backend._add_products_in_place(a, padded, offsets, radius)
+            return torch.autograd.grad(torch.sum(y * upstream), [x, a])
+
+        out["in_place_step_with_gradients_ms"] = median_ms(
+            lambda: in_place_gradients(f_t, a_t), runs=10
+        )
     if backend in ("tensorflow", "jax"):
         matrix = rw.sparse_transition_matrix(a_t, radius)
         flat = keras.ops.reshape(f_t, (-1, f.shape[-1]))

@@ -26,16 +26,20 @@ express is here:
   whole sequence before the loop (`precomputes_rnn_inputs`);
 - whether an LSTM step computes its gates as separate, contiguous tensors
   (`contiguous_gates`);
-- a long sum of products (`multiply_accumulate`): one buffer updated in
-  place on PyTorch, grouped sums where a compiler fuses them;
+- the random walk's stencil product (`stencil_product`): sparse CSR
+  matrices on PyTorch, grouped sums where XLA fuses them;
 - whether an optimizer must update variable by variable
   (`updates_per_variable`: under a `tf.distribute` strategy).
 """
 
 import contextlib
+import functools
 import os
+import warnings
 
 import keras
+import numpy as np
+from keras import ops
 
 from kzoo import compat
 
@@ -511,42 +515,161 @@ def precomputes_rnn_inputs():
     return keras.backend.backend() == "torch"
 
 
-def multiply_accumulate(weights, terms, groups):
-    """`sum_p weights[..., p:p+1] * terms[p]`, the random walk's stencil sum.
+def stencil_product(transition, padded, offsets, radius):
+    """`A f` for a stencil matrix A, the random walk's step.
 
-    Eager PyTorch would allocate a tensor for each product and each partial
-    sum; it instead multiplies contiguous copies of the weight planes into
-    one buffer in place (`addcmul_`, differentiable). Elsewhere the products
-    are summed within each group, then the groups: where XLA fuses the whole
-    sum into one loop, that is `len(groups)` independent chains of adds
-    instead of one chain of P dependent ones. Measured on one CPU thread,
-    128x128, 81 neighbours, 21 classes (`benchmarks/random_walk_runtime.py`):
-    PyTorch 34.7 -> 11.2 ms, JAX 2.7 -> 1.9 ms, TensorFlow (XLA) 4.8 -> 2.2 ms.
+    `out[b, y, x] = sum_p transition[b, y, x, p] * padded[b, y + radius + dy_p,
+    x + radius + dx_p]`, with `(dy_p, dx_p) = offsets[p]`.
+
+    - Eager PyTorch (float32/float64 on CPU or CUDA) multiplies one sparse
+      CSR matrix per image: row `(y, x)` holds the P weights, in the columns
+      of the neighbours' positions in the padded image (always inside it, so
+      the weights are used as they are, without a gather). Its gradient is
+      a sampled product for the weights (`torch.sparse.sampled_addmm`) and
+      an in-place scatter for the image (`_csr_stencil_product`).
+    - Elsewhere on PyTorch (half precision, `torch.compile`, symbolic
+      tensors, an empty batch) the products go into one buffer in place (`addcmul_` on
+      contiguous weight planes): eager PyTorch would otherwise allocate a
+      tensor for every product and partial sum.
+    - On TensorFlow and JAX the products are summed within each stencil row
+      (dy), then the rows: XLA fuses the whole sum into one loop, and that is
+      2 * radius + 1 independent chains of adds instead of one chain of P
+      dependent ones.
+
+    Measured on one CPU thread, 128x128, 81 neighbours, 21 classes
+    (`benchmarks/random_walk_runtime.py`, BENCHMARKS.md "Runtime on one CPU
+    thread").
 
     Args:
-        weights: `(..., P)` tensor.
-        terms: P tensors that `weights[..., p:p+1]` broadcasts against.
-        groups: lists of indices into `range(P)`, each index in one group.
+        transition: `(batch, H, W, P)` weights.
+        padded: `(batch, H + 2 * radius, W + 2 * radius, K)` image, zero
+            outside the original one.
+        offsets: int numpy array `(P, 2)` of (dy, dx), each within radius.
+        radius: the padding.
 
     Returns:
-        The sum, shaped like `terms[0]`.
+        `(batch, H, W, K)`.
     """
+    height, width = ops.shape(transition)[1], ops.shape(transition)[2]
     if keras.backend.backend() == "torch":
-        import torch
-
-        planes = torch.movedim(weights, -1, 0).contiguous().unsqueeze(-1)
-        total = torch.zeros_like(terms[0])
-        for plane, term in zip(planes, terms):
-            total.addcmul_(plane, term)
-        return total
+        if _csr_stencil_applies(transition, padded):
+            return _csr_stencil_product().apply(transition, padded, offsets, radius)
+        return _add_products_in_place(transition, padded, offsets, radius)
     total = None
-    for group in groups:
+    for dy in np.unique(offsets[:, 0]):
         partial = None
-        for p in group:
-            product = weights[..., p : p + 1] * terms[p]
+        for p in np.flatnonzero(offsets[:, 0] == dy):
+            y, x = radius + int(dy), radius + int(offsets[p, 1])
+            product = transition[..., p : p + 1] * padded[:, y : y + height, x : x + width, :]
             partial = product if partial is None else partial + product
         total = partial if total is None else total + partial
     return total
+
+
+def _csr_stencil_applies(transition, padded):
+    import torch
+
+    return (
+        transition.dtype in (torch.float32, torch.float64)
+        and padded.dtype == transition.dtype
+        and transition.device.type in ("cpu", "cuda")
+        and transition.shape[0] > 0
+        and not torch.compiler.is_compiling()
+    )
+
+
+def _add_products_in_place(transition, padded, offsets, radius, total=None, scatter=False):
+    """`total += sum_p plane_p * shift_p(padded)`, or with `scatter`,
+    `shift_p(total) += plane_p * padded` (the image gradient)."""
+    import torch
+
+    height, width = transition.shape[1:3]
+    planes = torch.movedim(transition, -1, 0).contiguous().unsqueeze(-1)
+    if total is None:
+        total = padded.new_zeros(padded.shape[:1] + (height, width) + padded.shape[3:])
+    for plane, (dy, dx) in zip(planes, offsets.tolist()):
+        y, x = radius + dy, radius + dx
+        if scatter:
+            total[:, y : y + height, x : x + width].addcmul_(plane, padded)
+        else:
+            total.addcmul_(plane, padded[:, y : y + height, x : x + width])
+    return total
+
+
+@functools.lru_cache(maxsize=16)
+def _csr_stencil_pattern(height, width, offsets, radius, device):
+    """Row pointers and columns of a stencil's CSR matrix over the padded image."""
+    import torch
+
+    dy, dx = np.asarray(offsets).T
+    ys, xs = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    columns = (ys[..., None] + dy + radius) * (width + 2 * radius) + xs[..., None] + dx + radius
+    rows = np.arange(0, height * width * len(dy) + 1, len(dy))
+    # int32 indices: MKL's product is ~1.5x faster than with int64.
+    return tuple(
+        torch.as_tensor(a.reshape(-1).astype("int32"), device=device) for a in (rows, columns)
+    )
+
+
+def _csr_matrices(transition, offsets, radius):
+    import torch
+
+    batch, height, width, num = transition.shape
+    rows, columns = _csr_stencil_pattern(
+        height, width, tuple(map(tuple, offsets.tolist())), radius, str(transition.device)
+    )
+    shape = (height * width, (height + 2 * radius) * (width + 2 * radius))
+    for b in range(batch):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Sparse CSR tensor support is in beta")
+            yield torch.sparse_csr_tensor(
+                rows, columns, transition[b].reshape(-1), shape, check_invariants=False
+            )
+
+
+@functools.cache
+def _csr_stencil_product():
+    import torch
+    from torch.autograd.function import once_differentiable
+
+    class CsrStencilProduct(torch.autograd.Function):
+        """`stencil_product` on PyTorch through one CSR matrix per image."""
+
+        @staticmethod
+        def forward(ctx, transition, padded, offsets, radius):
+            ctx.save_for_backward(transition, padded)
+            ctx.offsets, ctx.radius = offsets, radius
+            flat = padded.reshape(padded.shape[0], -1, padded.shape[-1])
+            out = [m @ f for m, f in zip(_csr_matrices(transition, offsets, radius), flat)]
+            return torch.stack(out).reshape(transition.shape[:3] + padded.shape[-1:])
+
+        @staticmethod
+        @once_differentiable
+        def backward(ctx, upstream):
+            transition, padded = ctx.saved_tensors
+            grad_transition = grad_padded = None
+            if ctx.needs_input_grad[0]:
+                flat = padded.reshape(padded.shape[0], -1, padded.shape[-1])
+                upstream_rows = upstream.reshape(upstream.shape[0], -1, upstream.shape[-1])
+                grads = [
+                    torch.sparse.sampled_addmm(m, u, f.T, beta=0.0).values()
+                    for m, u, f in zip(
+                        _csr_matrices(transition, ctx.offsets, ctx.radius), upstream_rows, flat
+                    )
+                ]
+                grad_transition = torch.stack(grads).reshape(transition.shape)
+            if ctx.needs_input_grad[1]:
+                grad_padded = _add_products_in_place(
+                    transition,
+                    upstream,
+                    ctx.offsets,
+                    ctx.radius,
+                    total=torch.zeros_like(padded),
+                    scatter=True,
+                )
+            return grad_transition, grad_padded, None, None
+
+    return CsrStencilProduct
 
 
 def contiguous_gates():
