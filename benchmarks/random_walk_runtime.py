@@ -124,7 +124,8 @@ def measure_backend(size, radius):
         import torch
 
         torch.set_num_threads(1)
-        compile_fn, to_tensor = (lambda fn: fn), torch.as_tensor
+        # Keras' device (a GPU where there is one), so `upstream` matches.
+        compile_fn, to_tensor = (lambda fn: fn), keras.ops.convert_to_tensor
     f_t, a_t = to_tensor(f), to_tensor(transition)
     out = {}
     stencil = compile_fn(lambda x, a: rw.random_walk_step(x, a, "stencil"))
