@@ -23,7 +23,8 @@ express is here:
 - custom gradients with one calling convention (`custom_gradient`), and
   whether a tensor holds values that can be checked now (`is_concrete`);
 - whether recurrent layers should compute their state-free inputs for the
-  whole sequence before the loop (`precomputes_rnn_inputs`);
+  whole sequence before the loop (`precomputes_rnn_inputs`), and whether
+  normalizations use a fused kernel (`fused_normalization`);
 - whether an LSTM step computes its gates as separate, contiguous tensors
   (`contiguous_gates`);
 - the random walk's stencil product (`stencil_product`): sparse CSR
@@ -511,6 +512,18 @@ def precomputes_rnn_inputs():
     it measured slower on CPU, because the per-step working set no longer
     stays in cache and the backward pass stacks a `(time, batch, 4 * units)`
     gradient (BENCHMARKS.md, "Train-step time").
+    """
+    return keras.backend.backend() == "torch"
+
+
+def fused_normalization():
+    """Whether normalizations should use the backend's fused kernel.
+
+    PyTorch has fused layer and RMS norms (`F.layer_norm`, `F.rms_norm`,
+    what `keras.ops` calls there); each op of its eager loop is a dispatch,
+    so one kernel wins. XLA (TensorFlow, JAX) compiles the composite and
+    autodiff's gradient of it, which a hand-written gradient beats
+    (`zero_mean_layer_norm`; BENCHMARKS.md, "Train-step time").
     """
     return keras.backend.backend() == "torch"
 

@@ -19,6 +19,10 @@ LAYERS = {
     "simple": (kl.LayerNormSimpleRNN, helpers.np_ln_simple_rnn, 4),
 }
 
+# JAX computes in float32 unless x64 is enabled; PyTorch's float64 layer
+# norm and recurrences agree with numpy to ~1e-7 only.
+_FLOAT64_TOLERANCE = {"tensorflow": 1e-9, "torch": 1e-6}.get(keras.backend.backend(), 2e-5)
+
 
 def _randomize(layer, seed=0):
     """Non-trivial values for every weight, gains and biases included."""
@@ -100,6 +104,85 @@ class LayerNormRNNTest(TestCase):
             1e-5,
         )
         self.assertAllClose(got, helpers.np_layer_norm(x, gamma, beta, 1e-5), atol=1e-5)
+
+    def test_zero_mean_layer_norm_of_a_centered_product(self):
+        # LN(x W) per column group = zero_mean_layer_norm(x center_kernel(W)),
+        # values (numpy) and gradients (autodiff of the textbook layer_norm),
+        # in float64 and float32.
+        from kzoo.layers.layer_norm_rnn import center_kernel
+        from kzoo.layers.layer_norm_rnn import zero_mean_layer_norm
+
+        rng = np.random.default_rng(4)
+        x, w = rng.normal(size=(3, 5)), rng.normal(size=(5, 12)) + 2.0
+        gamma, beta, weights = rng.normal(size=12), rng.normal(size=12), rng.normal(size=(3, 12))
+        groups = (8, 4)
+
+        def normalized(kernel, gamma, beta, fast, epsilon=1e-3):
+            if fast:
+                kernel = center_kernel(kernel, groups)
+                norm = zero_mean_layer_norm
+            else:
+                norm = kl.layer_norm
+            z = keras.ops.matmul(keras.ops.convert_to_tensor(x, kernel.dtype), kernel)
+            return keras.ops.concatenate(
+                [
+                    norm(z[:, :8], gamma[:8], beta[:8], epsilon),
+                    norm(z[:, 8:], gamma[8:], beta[8:], epsilon),
+                ],
+                axis=-1,
+            )
+
+        expected = np.concatenate(
+            [
+                helpers.np_layer_norm(x @ w[:, :8], gamma[:8], beta[:8], 1e-3),
+                helpers.np_layer_norm(x @ w[:, 8:], gamma[8:], beta[8:], 1e-3),
+            ],
+            axis=-1,
+        )
+        for dtype, tolerance in (("float64", _FLOAT64_TOLERANCE), ("float32", 2e-5)):
+            args = [a.astype(dtype) for a in (w, gamma, beta)]
+            got = normalized(*[keras.ops.convert_to_tensor(a) for a in args], fast=True)
+            self.assertAllClose(got, expected, atol=tolerance * 10, rtol=tolerance * 10)
+
+            def loss(*tensors, fast):
+                out = normalized(*tensors, fast=fast)
+                return keras.ops.sum(out * keras.ops.convert_to_tensor(weights, out.dtype))
+
+            fast = helpers.gradients(lambda *t: loss(*t, fast=True), *args)
+            textbook = helpers.gradients(lambda *t: loss(*t, fast=False), *args)
+            for got, want in zip(fast, textbook):
+                self.assertAllClose(got, want, atol=tolerance * 100, rtol=tolerance * 100)
+        self.assertAllClose(
+            center_kernel(np.arange(6.0).reshape(1, 6), (4, 2)), [[-1.5, -0.5, 0.5, 1.5, -0.5, 0.5]]
+        )
+
+    @parameterized.named_parameters(("lstm", "lstm"), ("gru", "gru"), ("simple", "simple"))
+    def test_layer_gradients_match_the_textbook_cell(self, kind):
+        # The sequence layers center their kernels and normalize with
+        # zero_mean_layer_norm (hand-written gradients on TF and JAX); a cell
+        # inside keras.layers.RNN runs the textbook step. Same gradients.
+        layer_cls = LAYERS[kind][0]
+        x = np.random.default_rng(5).normal(size=(2, 4, 3))
+        fast = layer_cls(3, return_sequences=True, dtype="float64")
+        textbook = keras.layers.RNN(
+            layer_cls.cell_class(3, dtype="float64"), return_sequences=True, dtype="float64"
+        )
+        fast(x)
+        textbook(x)
+        weights = _randomize(fast)
+        textbook.set_weights(weights)
+        readout = np.random.default_rng(6).normal(size=(2, 4, 3))
+
+        def gradients(layer):
+            def loss(*values):
+                seeds = [keras.ops.convert_to_tensor(v) for v in layer.non_trainable_variables]
+                out, _ = layer.stateless_call(list(values), seeds, keras.ops.convert_to_tensor(x))
+                return keras.ops.sum(out * keras.ops.convert_to_tensor(readout, out.dtype))
+
+            return helpers.gradients(loss, *weights)
+
+        for got, want in zip(gradients(fast), gradients(textbook)):
+            self.assertAllClose(got, want, atol=_FLOAT64_TOLERANCE, rtol=_FLOAT64_TOLERANCE)
 
     @parameterized.named_parameters(("lstm", "lstm"), ("gru", "gru"))
     def test_invariances_of_table_1(self, kind):

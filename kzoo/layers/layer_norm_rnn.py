@@ -11,9 +11,11 @@ The whole implementation of the paper's recurrent models lives here:
   normalization) and its recurrence (`recur`);
 - convenience sequence layers (`LayerNormLSTM`, `LayerNormGRU`,
   `LayerNormSimpleRNN`) with the usual `return_sequences`, `return_state`,
-  masking, `go_backwards` and `stateful` behaviour of `keras.layers.RNN`,
-  which project the whole sequence at once and loop over the recurrence
-  only.
+  masking, `go_backwards` and `stateful` behaviour of `keras.layers.RNN`.
+  They center their kernels once per sequence (`center_kernel`), so each
+  normalization inside the loop needs only a second moment
+  (`zero_mean_layer_norm`), and may project the whole sequence before the
+  loop (`precompute_inputs`).
 
 The equations are those of `docs/equations.md` §S1. The cells never
 subclass `keras.layers.LSTM`/`GRU`: those layers may dispatch to a fused cuDNN
@@ -23,6 +25,7 @@ kernel that reads the weights directly and would skip the normalization.
 import inspect
 
 import keras
+import numpy as np
 from keras import activations
 from keras import constraints
 from keras import initializers
@@ -60,7 +63,108 @@ def layer_norm(x, gamma, beta, epsilon=1e-3):
     return ops.layer_normalization(x, gamma, beta, axis=-1, epsilon=epsilon)
 
 
-def layer_norm_lstm_input(inputs, params, epsilon=1e-3):
+def center_kernel(kernel, group_sizes=None):
+    """`kernel` with each row's mean over each group of output columns removed.
+
+    For any `x`, `x @ center_kernel(W)` is `x @ W` minus the mean of its
+    features (of each group's features), because that mean is linear in `x`.
+    The layer norm of a product is then `zero_mean_layer_norm` of the
+    product with the centered kernel, which needs no mean of its own
+    (docs/equations.md §S1, "Computing it").
+
+    Args:
+        kernel: `(input_dim, columns)`.
+        group_sizes: sizes of the consecutive column groups that are
+            normalized separately (default: all columns, one group).
+
+    Returns:
+        A tensor with the shape and dtype of `kernel`.
+
+    Example:
+
+    >>> w = center_kernel(np.array([[1.0, 3.0], [0.0, 4.0]]))
+    >>> keras.ops.convert_to_numpy(w).tolist()
+    [[-1.0, 1.0], [-2.0, 2.0]]
+    """
+    if group_sizes is None:
+        return ops.subtract(kernel, ops.mean(kernel, axis=-1, keepdims=True))
+    splits = [int(i) for i in np.cumsum(group_sizes)[:-1]]
+    parts = ops.split(kernel, splits, axis=-1)
+    return ops.concatenate(
+        [ops.subtract(part, ops.mean(part, axis=-1, keepdims=True)) for part in parts], axis=-1
+    )
+
+
+def zero_mean_layer_norm(x, gamma, beta, epsilon=1e-3):
+    """`layer_norm` of features that already have zero mean.
+
+    `gamma * x / sqrt(mean(x ** 2) + epsilon) + beta`, which is
+    `layer_norm(x, gamma, beta, epsilon)` when every example's features have
+    zero mean, as they do in a product with a `center_kernel` kernel: one
+    reduction forward instead of two, and a hand-written gradient with two
+    where autodiff's takes more passes. Where the backend has a fused layer
+    norm (PyTorch; `kzoo.backend.fused_normalization`), that kernel is faster
+    and computes the same numbers, so it is `layer_norm`. Half-precision
+    inputs are normalized in float32 and cast back.
+
+    Args:
+        x: tensor of shape `(..., features)` with zero-mean features.
+        gamma: gain, shape `(features,)`.
+        beta: bias, shape `(features,)`.
+        epsilon: small float added to the second moment.
+
+    Returns:
+        A tensor with the shape and dtype of `x`.
+
+    Example:
+
+    >>> x = np.array([[-1.0, 1.0], [2.0, -2.0]], "float32")
+    >>> out = zero_mean_layer_norm(x, np.ones(2, "float32"), np.zeros(2, "float32"), 1e-6)
+    >>> np.round(keras.ops.convert_to_numpy(out), 4).tolist()
+    [[-1.0, 1.0], [1.0, -1.0]]
+    """
+    return _layer_norm_by_hand(x, gamma, beta, epsilon, zero_mean=True)
+
+
+def _layer_norm_by_hand(x, gamma, beta, epsilon, zero_mean):
+    """`layer_norm` (or `zero_mean_layer_norm`) with its gradient written out."""
+    if backend.fused_normalization():
+        return layer_norm(x, gamma, beta, epsilon)
+    dtype = keras.backend.standardize_dtype(x.dtype)
+    compute = "float64" if dtype == "float64" else "float32"
+    x = ops.cast(x, compute)
+    gamma, beta = ops.cast(gamma, compute), ops.cast(beta, compute)
+    return ops.cast(_normalization(epsilon, zero_mean)(x, gamma, beta), dtype)
+
+
+def _normalization(epsilon, zero_mean):
+    def forward(x, gamma, beta):
+        if not zero_mean:
+            x = x - ops.mean(x, axis=-1, keepdims=True)
+        inverse = ops.rsqrt(ops.mean(ops.square(x), axis=-1, keepdims=True) + epsilon)
+        normalized = x * inverse
+
+        def grad(upstream):
+            d_normalized = upstream * gamma
+            if not zero_mean:
+                d_normalized = d_normalized - ops.mean(d_normalized, axis=-1, keepdims=True)
+            d_x = inverse * (
+                d_normalized
+                - normalized * ops.mean(d_normalized * normalized, axis=-1, keepdims=True)
+            )
+            axes = tuple(range(len(upstream.shape) - 1))
+            return d_x, ops.sum(upstream * normalized, axis=axes), ops.sum(upstream, axis=axes)
+
+        return normalized * gamma + beta, grad
+
+    return backend.custom_gradient(forward)
+
+
+def _normalize(x, norm, epsilon, centered):
+    return (zero_mean_layer_norm if centered else layer_norm)(x, *norm, epsilon)
+
+
+def layer_norm_lstm_input(inputs, params, epsilon=1e-3, centered=False):
     """The state-free part of the LN-LSTM step: `LN_x(x W) + b`.
 
     It does not depend on the state, so a sequence layer computes it for
@@ -71,11 +175,13 @@ def layer_norm_lstm_input(inputs, params, epsilon=1e-3):
         params: dict with `kernel`, `bias` (or `None`) and the
             `(gamma, beta)` pair `kernel_norm`.
         epsilon: layer-norm epsilon.
+        centered: whether `kernel` is already `center_kernel(kernel)`; the
+            normalization then takes no mean (`zero_mean_layer_norm`).
 
     Returns:
         The `(..., 4 * units)` input contribution to the gates.
     """
-    z = layer_norm(ops.matmul(inputs, params["kernel"]), *params["kernel_norm"], epsilon)
+    z = _normalize(ops.matmul(inputs, params["kernel"]), params["kernel_norm"], epsilon, centered)
     if params.get("bias") is not None:
         z = z + params["bias"]
     return z
@@ -89,6 +195,7 @@ def layer_norm_lstm_recurrence(
     epsilon=1e-3,
     activation=ops.tanh,
     recurrent_activation=ops.sigmoid,
+    centered=False,
 ):
     """The state-dependent part of the LN-LSTM step.
 
@@ -101,16 +208,22 @@ def layer_norm_lstm_recurrence(
         epsilon: layer-norm epsilon.
         activation: activation of the candidate and of the output.
         recurrent_activation: activation of the gates.
+        centered: whether `recurrent_kernel` is already
+            `center_kernel(recurrent_kernel)`.
 
     Returns:
         `(h_t, c_t)`.
     """
-    z = projected + layer_norm(
-        ops.matmul(h_prev, params["recurrent_kernel"]), *params["recurrent_norm"], epsilon
+    z = projected + _normalize(
+        ops.matmul(h_prev, params["recurrent_kernel"]), params["recurrent_norm"], epsilon, centered
     )
     z_i, z_f, z_c, z_o = ops.split(z, 4, axis=-1)
     c = recurrent_activation(z_f) * c_prev + recurrent_activation(z_i) * activation(z_c)
-    h = recurrent_activation(z_o) * activation(layer_norm(c, *params["state_norm"], epsilon))
+    if centered:  # the fast path: the state norm's gradient written out too
+        state = _layer_norm_by_hand(c, *params["state_norm"], epsilon, zero_mean=False)
+    else:
+        state = layer_norm(c, *params["state_norm"], epsilon)
+    h = recurrent_activation(z_o) * activation(state)
     return h, c
 
 
@@ -155,7 +268,7 @@ def layer_norm_lstm_step(
     )
 
 
-def layer_norm_gru_input(inputs, params, epsilon=1e-3):
+def layer_norm_gru_input(inputs, params, epsilon=1e-3, centered=False):
     """The state-free part of the LN-GRU step: `[LN_x1(x W_zr) + b, LN_x2(x W_h)]`.
 
     Args:
@@ -164,6 +277,8 @@ def layer_norm_gru_input(inputs, params, epsilon=1e-3):
             (`(2 * units,)` or `None`) and the `(gamma, beta)` pairs
             `gates_kernel_norm`, `candidate_kernel_norm`.
         epsilon: layer-norm epsilon.
+        centered: whether `kernel` is already
+            `center_kernel(kernel, (2 * units, units))`.
 
     Returns:
         The `(..., 3 * units)` input contributions to the gates and the
@@ -171,10 +286,12 @@ def layer_norm_gru_input(inputs, params, epsilon=1e-3):
     """
     x_proj = ops.matmul(inputs, params["kernel"])
     units = ops.shape(x_proj)[-1] // 3
-    gates = layer_norm(x_proj[..., : 2 * units], *params["gates_kernel_norm"], epsilon)
+    gates = _normalize(x_proj[..., : 2 * units], params["gates_kernel_norm"], epsilon, centered)
     if params.get("bias") is not None:
         gates = gates + params["bias"]
-    candidate = layer_norm(x_proj[..., 2 * units :], *params["candidate_kernel_norm"], epsilon)
+    candidate = _normalize(
+        x_proj[..., 2 * units :], params["candidate_kernel_norm"], epsilon, centered
+    )
     return ops.concatenate([gates, candidate], axis=-1)
 
 
@@ -186,6 +303,7 @@ def layer_norm_gru_recurrence(
     activation=ops.tanh,
     recurrent_activation=ops.sigmoid,
     recurrent_input=None,
+    centered=False,
 ):
     """The state-dependent part of the LN-GRU step.
 
@@ -199,6 +317,8 @@ def layer_norm_gru_recurrence(
         recurrent_activation: activation of the gates.
         recurrent_input: the state fed to the recurrent projections, when it
             differs from `h_prev` (recurrent dropout); defaults to `h_prev`.
+        centered: whether `recurrent_kernel` is already
+            `center_kernel(recurrent_kernel, (2 * units, units))`.
 
     Returns:
         `h_t`.
@@ -207,14 +327,16 @@ def layer_norm_gru_recurrence(
     if recurrent_input is None:
         recurrent_input = h_prev
     h_proj = ops.matmul(recurrent_input, params["recurrent_kernel"])
-    gates = projected[..., : 2 * units] + layer_norm(
-        h_proj[..., : 2 * units], *params["gates_recurrent_norm"], epsilon
+    gates = projected[..., : 2 * units] + _normalize(
+        h_proj[..., : 2 * units], params["gates_recurrent_norm"], epsilon, centered
     )
     z, r = ops.split(gates, 2, axis=-1)
     candidate = activation(
         projected[..., 2 * units :]
         + recurrent_activation(r)
-        * layer_norm(h_proj[..., 2 * units :], *params["candidate_recurrent_norm"], epsilon)
+        * _normalize(
+            h_proj[..., 2 * units :], params["candidate_recurrent_norm"], epsilon, centered
+        )
     )
     update = recurrent_activation(z)
     return (1.0 - update) * h_prev + update * candidate
@@ -268,10 +390,16 @@ def layer_norm_simple_rnn_input(inputs, params):
     return ops.matmul(inputs, params["kernel"])
 
 
-def layer_norm_simple_rnn_recurrence(projected, h_prev, params, epsilon=1e-3, activation=ops.tanh):
-    """The state-dependent part: `f(LN(projected + h U))`, `projected = x W`."""
+def layer_norm_simple_rnn_recurrence(
+    projected, h_prev, params, epsilon=1e-3, activation=ops.tanh, centered=False
+):
+    """The state-dependent part: `f(LN(projected + h U))`, `projected = x W`.
+
+    With `centered=True`, `W` and `U` are `center_kernel`'s output, so the sum
+    has zero-mean features and its normalization takes no mean.
+    """
     summed = projected + ops.matmul(h_prev, params["recurrent_kernel"])
-    return activation(layer_norm(summed, *params["norm"], epsilon))
+    return activation(_normalize(summed, params["norm"], epsilon, centered))
 
 
 def layer_norm_simple_rnn_step(inputs, h_prev, params, epsilon=1e-3, activation=ops.tanh):
@@ -394,17 +522,31 @@ class _LayerNormCell(keras.layers.Layer, DropoutRNNCell):
         )
         return gamma, beta
 
-    def project(self, inputs, training=False):
+    # Sizes of the column groups normalized separately (None: all columns).
+    norm_groups = None
+
+    def centered_kernels(self):
+        """The kernels as `center_kernel` leaves them, for `project` and
+        `recur`: computed once per sequence, they spare every step's
+        normalization its mean."""
+        groups = self.norm_groups
+        return {
+            "kernel": center_kernel(self.kernel, groups),
+            "recurrent_kernel": center_kernel(self.recurrent_kernel, groups),
+        }
+
+    def project(self, inputs, training=False, kernels=None):
         """The state-free part of the step, for one step `(batch, features)`
         or a whole sequence `(batch, time, features)` at once (one dropout
-        mask per sequence, as at every step)."""
+        mask per sequence, as at every step). `kernels`: `centered_kernels()`
+        (default: the kernels as they are, normalized with their mean)."""
         if training and self.dropout > 0:
             if len(inputs.shape) == 3:
                 mask = ops.expand_dims(self.get_dropout_mask(inputs[:, 0]), 1)
             else:
                 mask = self.get_dropout_mask(inputs)
             inputs = inputs * mask
-        return self._input_fn(inputs)
+        return self._input_fn(inputs, kernels)
 
     def _recurrent_input(self, h_prev, training):
         if training and self.recurrent_dropout > 0:
@@ -549,11 +691,14 @@ class LayerNormLSTMCell(_GatedLayerNormCell):
         self.recurrent_norm = self._add_norm("recurrent_norm", 4 * self.units)
         self.state_norm = self._add_norm("state_norm", self.units)
 
-    def _input_fn(self, inputs):
-        params = {"kernel": self.kernel, "bias": self.bias, "kernel_norm": self.kernel_norm}
-        return layer_norm_lstm_input(inputs, params, self.norm_epsilon)
+    def _input_fn(self, inputs, kernels=None):
+        kernel = self.kernel if kernels is None else kernels["kernel"]
+        params = {"kernel": kernel, "bias": self.bias, "kernel_norm": self.kernel_norm}
+        return layer_norm_lstm_input(
+            inputs, params, self.norm_epsilon, centered=kernels is not None
+        )
 
-    def recur(self, projected, states, training=False):
+    def recur(self, projected, states, training=False, kernels=None):
         """The state-dependent part of the step, on `project`'s output."""
         h_prev, c_prev = states
         h, c = layer_norm_lstm_recurrence(
@@ -561,13 +706,16 @@ class LayerNormLSTMCell(_GatedLayerNormCell):
             self._recurrent_input(h_prev, training),
             c_prev,
             {
-                "recurrent_kernel": self.recurrent_kernel,
+                "recurrent_kernel": (
+                    self.recurrent_kernel if kernels is None else kernels["recurrent_kernel"]
+                ),
                 "recurrent_norm": self.recurrent_norm,
                 "state_norm": self.state_norm,
             },
             self.norm_epsilon,
             self.activation,
             self.recurrent_activation,
+            centered=kernels is not None,
         )
         return h, [h, c]
 
@@ -615,6 +763,7 @@ class LayerNormGRUCell(_GatedLayerNormCell):
         super().__init__(units, **kwargs)
         self.state_size = self.units
         self.output_size = self.units
+        self.norm_groups = (2 * self.units, self.units)
 
     def build(self, input_shape):
         input_dim = self._check_input_shape(input_shape)
@@ -625,23 +774,25 @@ class LayerNormGRUCell(_GatedLayerNormCell):
         self.candidate_kernel_norm = self._add_norm("candidate_kernel_norm", self.units)
         self.candidate_recurrent_norm = self._add_norm("candidate_recurrent_norm", self.units)
 
-    def _input_fn(self, inputs):
+    def _input_fn(self, inputs, kernels=None):
         params = {
-            "kernel": self.kernel,
+            "kernel": self.kernel if kernels is None else kernels["kernel"],
             "bias": self.bias,
             "gates_kernel_norm": self.gates_kernel_norm,
             "candidate_kernel_norm": self.candidate_kernel_norm,
         }
-        return layer_norm_gru_input(inputs, params, self.norm_epsilon)
+        return layer_norm_gru_input(inputs, params, self.norm_epsilon, centered=kernels is not None)
 
-    def recur(self, projected, states, training=False):
+    def recur(self, projected, states, training=False, kernels=None):
         """The state-dependent part of the step, on `project`'s output."""
         h_prev = states[0] if isinstance(states, (list, tuple)) else states
         h = layer_norm_gru_recurrence(
             projected,
             h_prev,
             {
-                "recurrent_kernel": self.recurrent_kernel,
+                "recurrent_kernel": (
+                    self.recurrent_kernel if kernels is None else kernels["recurrent_kernel"]
+                ),
                 "gates_recurrent_norm": self.gates_recurrent_norm,
                 "candidate_recurrent_norm": self.candidate_recurrent_norm,
             },
@@ -649,6 +800,7 @@ class LayerNormGRUCell(_GatedLayerNormCell):
             self.activation,
             self.recurrent_activation,
             recurrent_input=self._recurrent_input(h_prev, training),
+            centered=kernels is not None,
         )
         return h, [h]
 
@@ -691,18 +843,25 @@ class LayerNormSimpleRNNCell(_LayerNormCell):
         self._add_kernels(input_dim, self.units)
         self.norm = self._add_norm("norm", self.units)
 
-    def _input_fn(self, inputs):
-        return layer_norm_simple_rnn_input(inputs, {"kernel": self.kernel})
+    def _input_fn(self, inputs, kernels=None):
+        kernel = self.kernel if kernels is None else kernels["kernel"]
+        return layer_norm_simple_rnn_input(inputs, {"kernel": kernel})
 
-    def recur(self, projected, states, training=False):
+    def recur(self, projected, states, training=False, kernels=None):
         """The state-dependent part of the step, on `project`'s output."""
         h_prev = states[0] if isinstance(states, (list, tuple)) else states
         h = layer_norm_simple_rnn_recurrence(
             projected,
             self._recurrent_input(h_prev, training),
-            {"recurrent_kernel": self.recurrent_kernel, "norm": self.norm},
+            {
+                "recurrent_kernel": (
+                    self.recurrent_kernel if kernels is None else kernels["recurrent_kernel"]
+                ),
+                "norm": self.norm,
+            },
             self.norm_epsilon,
             self.activation,
+            centered=kernels is not None,
         )
         return h, [h]
 
@@ -764,22 +923,28 @@ class _LayerNormRNN(keras.layers.RNN):
         precompute = self.precompute_inputs
         if precompute == "auto":
             precompute = backend.precomputes_rnn_inputs()
-        if not precompute:
-            return super().inner_loop(sequences, initial_state, mask, training=training)
-        # The input projection and its normalization do not depend on the
-        # state: one batched op over batch x time, outside the loop, which
-        # keeps only the recurrent product, its normalization and the gates.
-        projected = self.cell.project(sequences, training=training)
+        # Centered once per sequence, the kernels spare each normalization in
+        # the loop its mean (forward and backward). A fused layer norm needs
+        # no such help.
+        kernels = None if backend.fused_normalization() else self.cell.centered_kernels()
+        if precompute:
+            # The input projection and its normalization do not depend on
+            # the state: one batched op over batch x time, outside the loop,
+            # which keeps only the recurrent product, its normalization and
+            # the gates.
+            sequences = self.cell.project(sequences, training=training, kernels=kernels)
         copy_states = keras.backend.backend() == "torch" and self.stateful
 
         def step(inputs, states):
             if copy_states:  # as keras.layers.RNN: no in-place autograd hazard
                 states = [ops.copy(state) for state in states]
-            return self.cell.recur(inputs, states, training=training)
+            if not precompute:
+                inputs = self.cell.project(inputs, training=training, kernels=kernels)
+            return self.cell.recur(inputs, states, training=training, kernels=kernels)
 
         return compat.rnn(
             step,
-            projected,
+            sequences,
             initial_state,  # keras.layers.RNN.call passes a list
             go_backwards=self.go_backwards,
             mask=mask,
@@ -838,8 +1003,8 @@ class LayerNormLSTM(_LayerNormRNN):
             measured faster (`kzoo.backend.precomputes_rnn_inputs`).
 
     Contract: `(batch, time, features)` with at least one step and the
-    feature size fixed at build (re-checked at every step: another size is a
-    `ValueError` naming the cell). NaN or inf values propagate: layer
+    feature size fixed at build (re-checked at every call: another size is a
+    `ValueError` naming the layer). NaN or inf values propagate: layer
     normalization of a non-finite vector is NaN.
 
     Example:
@@ -860,8 +1025,8 @@ class LayerNormGRU(_LayerNormRNN):
     and `precompute_inputs` (see `LayerNormLSTM`).
 
     Contract: `(batch, time, features)` with at least one step and the
-    feature size fixed at build (re-checked at every step: another size is a
-    `ValueError` naming the cell). NaN or inf values propagate: layer
+    feature size fixed at build (re-checked at every call: another size is a
+    `ValueError` naming the layer). NaN or inf values propagate: layer
     normalization of a non-finite vector is NaN.
 
     Example:
@@ -881,8 +1046,8 @@ class LayerNormSimpleRNN(_LayerNormRNN):
     `keras.layers.RNN`, and `precompute_inputs` (see `LayerNormLSTM`).
 
     Contract: `(batch, time, features)` with at least one step and the
-    feature size fixed at build (re-checked at every step: another size is a
-    `ValueError` naming the cell). NaN or inf values propagate: layer
+    feature size fixed at build (re-checked at every call: another size is a
+    `ValueError` naming the layer). NaN or inf values propagate: layer
     normalization of a non-finite vector is NaN.
 
     Example:
