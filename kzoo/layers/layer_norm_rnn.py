@@ -535,6 +535,10 @@ class _LayerNormCell(keras.layers.Layer, DropoutRNNCell):
             "recurrent_kernel": center_kernel(self.recurrent_kernel, groups),
         }
 
+    def _kernel(self, kernels, name):
+        """`kernels[name]` (centered) when given, else the weight as it is."""
+        return getattr(self, name) if kernels is None else kernels[name]
+
     def project(self, inputs, training=False, kernels=None):
         """The state-free part of the step, for one step `(batch, features)`
         or a whole sequence `(batch, time, features)` at once (one dropout
@@ -692,8 +696,11 @@ class LayerNormLSTMCell(_GatedLayerNormCell):
         self.state_norm = self._add_norm("state_norm", self.units)
 
     def _input_fn(self, inputs, kernels=None):
-        kernel = self.kernel if kernels is None else kernels["kernel"]
-        params = {"kernel": kernel, "bias": self.bias, "kernel_norm": self.kernel_norm}
+        params = {
+            "kernel": self._kernel(kernels, "kernel"),
+            "bias": self.bias,
+            "kernel_norm": self.kernel_norm,
+        }
         return layer_norm_lstm_input(
             inputs, params, self.norm_epsilon, centered=kernels is not None
         )
@@ -706,9 +713,7 @@ class LayerNormLSTMCell(_GatedLayerNormCell):
             self._recurrent_input(h_prev, training),
             c_prev,
             {
-                "recurrent_kernel": (
-                    self.recurrent_kernel if kernels is None else kernels["recurrent_kernel"]
-                ),
+                "recurrent_kernel": self._kernel(kernels, "recurrent_kernel"),
                 "recurrent_norm": self.recurrent_norm,
                 "state_norm": self.state_norm,
             },
@@ -776,7 +781,7 @@ class LayerNormGRUCell(_GatedLayerNormCell):
 
     def _input_fn(self, inputs, kernels=None):
         params = {
-            "kernel": self.kernel if kernels is None else kernels["kernel"],
+            "kernel": self._kernel(kernels, "kernel"),
             "bias": self.bias,
             "gates_kernel_norm": self.gates_kernel_norm,
             "candidate_kernel_norm": self.candidate_kernel_norm,
@@ -790,9 +795,7 @@ class LayerNormGRUCell(_GatedLayerNormCell):
             projected,
             h_prev,
             {
-                "recurrent_kernel": (
-                    self.recurrent_kernel if kernels is None else kernels["recurrent_kernel"]
-                ),
+                "recurrent_kernel": self._kernel(kernels, "recurrent_kernel"),
                 "gates_recurrent_norm": self.gates_recurrent_norm,
                 "candidate_recurrent_norm": self.candidate_recurrent_norm,
             },
@@ -844,8 +847,7 @@ class LayerNormSimpleRNNCell(_LayerNormCell):
         self.norm = self._add_norm("norm", self.units)
 
     def _input_fn(self, inputs, kernels=None):
-        kernel = self.kernel if kernels is None else kernels["kernel"]
-        return layer_norm_simple_rnn_input(inputs, {"kernel": kernel})
+        return layer_norm_simple_rnn_input(inputs, {"kernel": self._kernel(kernels, "kernel")})
 
     def recur(self, projected, states, training=False, kernels=None):
         """The state-dependent part of the step, on `project`'s output."""
@@ -854,9 +856,7 @@ class LayerNormSimpleRNNCell(_LayerNormCell):
             projected,
             self._recurrent_input(h_prev, training),
             {
-                "recurrent_kernel": (
-                    self.recurrent_kernel if kernels is None else kernels["recurrent_kernel"]
-                ),
+                "recurrent_kernel": self._kernel(kernels, "recurrent_kernel"),
                 "norm": self.norm,
             },
             self.norm_epsilon,
