@@ -547,7 +547,13 @@ def stencil_product(transition, padded, offsets, radius):
     - On TensorFlow and JAX the products are summed within each stencil row
       (dy), then the rows: XLA fuses the whole sum into one loop, and that is
       2 * radius + 1 independent chains of adds instead of one chain of P
-      dependent ones.
+      dependent ones. On JAX the gradient is written out: for the weights,
+      one contraction over the classes per stencil row
+      (`_stencil_weight_gradient`), where autodiff makes P separate
+      reductions, which XLA runs 2.2x slower there (one step with
+      gradients, 144 -> 66 ms); on TensorFlow's XLA the written-out
+      gradient measured slower than autodiff's (64 vs 45 ms), so it is not
+      used.
 
     Measured on one CPU thread, 128x128, 81 neighbours, 21 classes
     (`benchmarks/random_walk_runtime.py`, BENCHMARKS.md "Runtime on one CPU
@@ -563,11 +569,28 @@ def stencil_product(transition, padded, offsets, radius):
     Returns:
         `(batch, H, W, K)`.
     """
-    height, width = ops.shape(transition)[1], ops.shape(transition)[2]
     if keras.backend.backend() == "torch":
         if _csr_stencil_applies(transition, padded):
             return _csr_stencil_product().apply(transition, padded, offsets, radius)
         return _add_products_in_place(transition, padded, offsets, radius)
+    if keras.backend.backend() != "jax":
+        return _summed_by_rows(transition, padded, offsets, radius)
+
+    def forward(transition, padded):
+        def grad(upstream):
+            return (
+                _stencil_weight_gradient(upstream, padded, offsets, radius),
+                _stencil_image_gradient(upstream, transition, offsets, radius),
+            )
+
+        return _summed_by_rows(transition, padded, offsets, radius), grad
+
+    return custom_gradient(forward)(transition, padded)
+
+
+def _summed_by_rows(transition, padded, offsets, radius):
+    """The stencil product, summed within each stencil row, then the rows."""
+    height, width = ops.shape(transition)[1], ops.shape(transition)[2]
     total = None
     for dy in np.unique(offsets[:, 0]):
         partial = None
@@ -576,6 +599,48 @@ def stencil_product(transition, padded, offsets, radius):
             product = transition[..., p : p + 1] * padded[:, y : y + height, x : x + width, :]
             partial = product if partial is None else partial + product
         total = partial if total is None else total + partial
+    return total
+
+
+def _stencil_weight_gradient(upstream, padded, offsets, radius):
+    """`d[b, y, x, p] = sum_k upstream[b, y, x, k] * padded[b, y + R + dy_p,
+    x + R + dx_p, k]`: per stencil row, the row's shifted images stacked and
+    contracted with the upstream gradient over the classes in one einsum.
+
+    Offsets sorted by row (as `neighbour_offsets` gives them) need no
+    reordering at the end.
+    """
+    height, width = ops.shape(upstream)[1], ops.shape(upstream)[2]
+    rows, order = [], []
+    for dy in np.unique(offsets[:, 0]):
+        members = np.flatnonzero(offsets[:, 0] == dy)
+        y = radius + int(dy)
+        window = ops.stack(
+            [
+                padded[:, y : y + height, radius + int(dx) : radius + int(dx) + width, :]
+                for dx in offsets[members, 1]
+            ],
+            axis=-2,
+        )
+        rows.append(ops.einsum("bhwpk,bhwk->bhwp", window, upstream))
+        order.extend(members)
+    gradient = ops.concatenate(rows, axis=-1)
+    if order != sorted(order):
+        gradient = ops.take(gradient, np.argsort(order), axis=-1)
+    return gradient
+
+
+def _stencil_image_gradient(upstream, transition, offsets, radius):
+    """`sum_p` of `transition[..., p] * upstream`, each placed at its offset in
+    the padded image (the transpose of the stencil product in `padded`)."""
+    total = None
+    for p, (dy, dx) in enumerate(offsets):
+        y, x = radius + int(dy), radius + int(dx)
+        placed = ops.pad(
+            transition[..., p : p + 1] * upstream,
+            [[0, 0], [y, 2 * radius - y], [x, 2 * radius - x], [0, 0]],
+        )
+        total = placed if total is None else total + placed
     return total
 
 

@@ -141,6 +141,29 @@ class RandomWalkFunctionsTest(TestCase):
                 self.assertAllClose(_csr(grad_a[b], radius=2).toarray(), want, atol=1e-12)
                 self.assertAllEqual(grad_a[b] * (1 - inside), np.zeros_like(grad_a[b]))
 
+    def test_stencil_product_takes_offsets_in_any_order(self):
+        # Permuting the offsets and the weights' last axis together changes
+        # nothing, gradients included (the weights' gradient is computed per
+        # stencil row, then put back in the offsets' order).
+        transition, f = _transition()
+        offsets = rw.neighbour_offsets(R)
+        order = np.random.default_rng(2).permutation(len(offsets))
+        upstream = np.random.default_rng(3).normal(size=f.shape).astype("float32")
+
+        def loss(offsets):
+            def fn(potentials, stencil):
+                y = backend.stencil_product(stencil, rw._pad(potentials, R), offsets, R)
+                return ops.sum(ops.multiply(y, upstream))
+
+            return fn
+
+        grad_f, grad_a = helpers.gradients(loss(offsets), f, transition)
+        shuffled_f, shuffled_a = helpers.gradients(
+            loss(offsets[order]), f, transition[..., order].copy()
+        )
+        self.assertAllClose(shuffled_f, grad_f, atol=1e-5)
+        self.assertAllClose(shuffled_a, grad_a[..., order], atol=1e-5)
+
     def test_tolerance_sets_iterations(self):
         self.assertEqual(rw.converged_walk_steps(0.01, 1e-5), 2)
         self.assertEqual(rw.converged_walk_steps(0.5, 1e-3), 9)
