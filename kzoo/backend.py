@@ -550,10 +550,9 @@ def stencil_product(transition, padded, offsets, radius):
       dependent ones. On JAX the gradient is written out: for the weights,
       one contraction over the classes per stencil row
       (`_stencil_weight_gradient`), where autodiff makes P separate
-      reductions, which XLA runs 2.2x slower there (one step with
-      gradients, 144 -> 66 ms); on TensorFlow's XLA the written-out
-      gradient measured slower than autodiff's (64 vs 45 ms), so it is not
-      used.
+      reductions (one step with gradients: 144 ms with autodiff's, 66-72
+      ms written out); on TensorFlow's XLA the written-out gradient
+      measured slower than autodiff's (64 vs 45 ms), so it is not used.
 
     Measured on one CPU thread, 128x128, 81 neighbours, 21 classes
     (`benchmarks/random_walk_runtime.py`, BENCHMARKS.md "Runtime on one CPU
