@@ -237,7 +237,7 @@ def compiled(fn):
     return fn
 
 
-def fused(fn):
+def fused(fn, recompute_gradient=False):
     """`fn` compiled as one fused kernel where the train step would not fuse it.
 
     On CPU, Keras runs TensorFlow's train step as a graph without XLA, where
@@ -248,7 +248,13 @@ def fused(fn):
 
     Args:
         fn: a pure function of tensors (Keras variables are read first) and
-            Python constants, written with `keras.ops`.
+            Python constants (keyword arguments), written with `keras.ops`.
+        recompute_gradient: on TensorFlow, the gradient becomes one XLA
+            cluster too, which recomputes `fn`'s forward pass instead of
+            reading the intermediates that TensorFlow's gradient of the
+            forward cluster would keep. For a cheap but memory-heavy `fn`
+            (`PixelAffinity`'s 41 shifted distances: forward and backward
+            19.7 -> 12.8 ms at batch 1, 168 -> 109 ms at batch 8).
 
     Returns:
         A function with `fn`'s signature and results.
@@ -259,9 +265,24 @@ def fused(fn):
 
     compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
 
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def vjp(tensors, upstream, **constants):
+        with tf.GradientTape() as tape:
+            tape.watch(tensors)
+            output = fn(*tensors, **constants)
+        return tape.gradient(output, tensors, output_gradients=upstream)
+
     def call(*args, **kwargs):
         read = lambda x: tf.convert_to_tensor(x) if isinstance(x, keras.Variable) else x  # noqa: E731
-        return compiled(*tf.nest.map_structure(read, args), **kwargs)
+        args = tf.nest.map_structure(read, args)
+        if not recompute_gradient:
+            return compiled(*args, **kwargs)
+
+        @tf.custom_gradient
+        def run(*tensors):
+            return compiled(*tensors, **kwargs), lambda upstream: vjp(tensors, upstream, **kwargs)
+
+        return run(*args)
 
     return call
 

@@ -220,6 +220,29 @@ class RandomWalkFunctionsTest(TestCase):
             self.assertAllClose(grad[c], numeric, rtol=2e-2, atol=2e-3)
         self.assertGreater(np.abs(grad).min(), 0)
 
+    def test_training_affinities_and_gradients_equal_the_inference_ones(self):
+        # Training runs them through kzoo.backend.fused (one XLA cluster on
+        # TensorFlow); inference and exports through the plain ops.
+        features, weights, _ = _inputs()
+        shape = (B, H, W, len(rw.neighbour_offsets(R)))
+        upstream = np.random.default_rng(3).normal(size=shape).astype("float32")
+        layer = rw.PixelAffinity(R, kernel_initializer=keras.initializers.Constant(weights))
+        self.assertAllClose(
+            ops.convert_to_numpy(layer(features, training=True)),
+            ops.convert_to_numpy(layer(features, training=False)),
+            rtol=1e-6,
+            atol=1e-7,
+        )
+
+        def loss(affinities):
+            return lambda x, w: ops.sum(ops.multiply(affinities(x, w, radius=R), upstream))
+
+        want = helpers.gradients(loss(rw.pixel_affinities), features, weights)
+        got = helpers.gradients(loss(rw._training_affinities()), features, weights)
+        for g, w in zip(got, want):
+            self.assertGreater(np.abs(w).max(), 0)
+            self.assertAllClose(g, w, rtol=1e-5, atol=1e-5)
+
     def test_affinity_targets_and_loss(self):
         rng = np.random.default_rng(3)
         labels = rng.integers(0, 3, size=(B, H, W))

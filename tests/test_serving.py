@@ -197,7 +197,7 @@ def _raw_saved_model(path, body):
     )
 
 
-def test_graph_scan_finds_python_ops_and_device_pins(tmp_path):
+def test_graph_scan_finds_python_ops_xla_and_device_pins(tmp_path):
     import tensorflow as tf
 
     def with_py_function(values):
@@ -210,12 +210,19 @@ def test_graph_scan_finds_python_ops_and_device_pins(tmp_path):
     def clean(values):
         return {"doubled": values * 2.0}
 
-    for name, body in (("py", with_py_function), ("pinned", pinned), ("clean", clean)):
+    double = tf.function(lambda v: v * 2.0, jit_compile=True)
+
+    def xla(values):
+        return {"doubled": double(values)}
+
+    bodies = (("py", with_py_function), ("pinned", pinned), ("xla", xla), ("clean", clean))
+    for name, body in bodies:
         _raw_saved_model(tmp_path / name, body)
     from kzoo.serving import _verify_worker
 
     assert any("PyFunc" in p for p in _verify_worker.graph_problems(tmp_path / "py"))
     assert any("pinned to device" in p for p in _verify_worker.graph_problems(tmp_path / "pinned"))
+    assert any("compiled with XLA" in p for p in _verify_worker.graph_problems(tmp_path / "xla"))
     assert _verify_worker.graph_problems(tmp_path / "clean") == []
     with pytest.raises(serving.VerificationError, match="PyFunc|failed"):
         serving.verify(tmp_path / "py")

@@ -34,6 +34,7 @@ Both give the same numbers (tested), and gradients reach A only at its
 non-zeros.
 """
 
+import functools
 import math
 
 import keras
@@ -146,6 +147,20 @@ def pixel_affinities(features, weights, radius):
             logits.append(_shifted(source, dy, dx, radius, height, width))
     affinities = ops.exp(ops.concatenate(logits, axis=-1))
     return affinities * neighbour_mask(height, width, radius, affinities.dtype)
+
+
+@functools.cache
+def _training_affinities():
+    """`pixel_affinities` as the training step runs it.
+
+    On TensorFlow, one XLA cluster (`kzoo.backend.fused`): Keras' CPU train
+    step is a graph without XLA, where the 41 shifted differences and their
+    gradient are hundreds of separate passes over memory (BENCHMARKS.md,
+    "Training the RWN on TensorFlow"). Inference, and so every export, keeps
+    the plain ops, which TF Serving runs without XLA. Elsewhere it is
+    `pixel_affinities` itself.
+    """
+    return backend.fused(pixel_affinities, recompute_gradient=True)
 
 
 def transition_matrix(affinities):
@@ -406,6 +421,10 @@ class PixelAffinity(keras.layers.Layer):
     Contract: channels fixed at build and re-checked at every call; NaN or
     inf features give NaN affinities around them (they propagate).
 
+    Training on TensorFlow computes the affinities, and then their gradient,
+    as XLA clusters (the same numbers to float rounding; the zoo RWN's train
+    step 1.7x faster on CPU); inference and exports use plain TensorFlow ops.
+
     Example:
 
     >>> features = keras.random.uniform((2, 16, 16, 8))
@@ -445,8 +464,9 @@ class PixelAffinity(keras.layers.Layer):
         )
         self.input_spec = keras.InputSpec(ndim=4, axes={-1: input_shape[-1]})
 
-    def call(self, features):
-        return pixel_affinities(features, ops.cast(self.kernel, features.dtype), self.radius)
+    def call(self, features, training=None):
+        affinities = _training_affinities() if training else pixel_affinities
+        return affinities(features, ops.cast(self.kernel, features.dtype), radius=self.radius)
 
     def compute_output_shape(self, input_shape):
         return (*input_shape[:3], self.num_neighbours)

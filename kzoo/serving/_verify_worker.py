@@ -27,9 +27,10 @@ def _called_functions(node):
         yield from (f.name for f in value.list.func)
 
 
-def serving_nodes(export_dir, signature="serving_default"):
+def serving_graph(export_dir, signature="serving_default"):
     """Every node that computes the signature's outputs, through all the
-    functions it calls (checkpoint save/restore functions excluded)."""
+    functions it calls (checkpoint save/restore functions excluded), and
+    those functions."""
     proto = saved_model_pb2.SavedModel()
     proto.ParseFromString((export_dir / "saved_model.pb").read_bytes())
     meta_graph = proto.meta_graphs[0]
@@ -40,7 +41,7 @@ def serving_nodes(export_dir, signature="serving_default"):
         t.name.split(":")[0].lstrip("^")
         for t in meta_graph.signature_def[signature].outputs.values()
     ]
-    seen_nodes, seen_functions, nodes = set(), set(), []
+    seen_nodes, nodes, functions = set(), [], {}
     while pending:
         name = pending.pop()
         if name in seen_nodes or name not in by_name:
@@ -49,25 +50,38 @@ def serving_nodes(export_dir, signature="serving_default"):
         node = by_name[name]
         nodes.append(node)
         pending.extend(i.split(":")[0].lstrip("^") for i in node.input)
-    functions = [f for n in nodes for f in _called_functions(n)]
-    while functions:
-        name = functions.pop()
-        if name in seen_functions or name not in library:
+    called = [f for n in nodes for f in _called_functions(n)]
+    while called:
+        name = called.pop()
+        if name in functions or name not in library:
             continue
-        seen_functions.add(name)
+        functions[name] = library[name]
         for node in library[name].node_def:
             nodes.append(node)
-            functions.extend(_called_functions(node))
-    return nodes
+            called.extend(_called_functions(node))
+    return nodes, list(functions.values())
+
+
+def _must_compile(attr):
+    return "_XlaMustCompile" in attr and attr["_XlaMustCompile"].b
 
 
 def graph_problems(export_dir, signatures=("serving_default",)):
     problems = set()
-    for node in (n for signature in signatures for n in serving_nodes(export_dir, signature)):
-        if node.op in FORBIDDEN_OPS:
-            problems.add(f"graph contains op {node.op} (node {node.name})")
-        if node.device:
-            problems.add(f"node {node.name} is pinned to device {node.device!r}")
+    for signature in signatures:
+        nodes, functions = serving_graph(export_dir, signature)
+        for node in nodes:
+            if node.op in FORBIDDEN_OPS:
+                problems.add(f"graph contains op {node.op} (node {node.name})")
+            if node.device:
+                problems.add(f"node {node.name} is pinned to device {node.device!r}")
+        for name in [n.name for n in nodes if _must_compile(n.attr)] + [
+            f.signature.name for f in functions if _must_compile(f.attr)
+        ]:
+            problems.add(
+                f"{name} must be compiled with XLA, which TF Serving's CPU build "
+                "runs only with --xla_cpu_compilation_enabled"
+            )
     return sorted(problems)
 
 

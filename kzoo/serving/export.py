@@ -378,7 +378,9 @@ def verify(path, model=None, atol=1e-4, rtol=1e-4):
       outputs on the same inputs, if `model` is given);
     - inputs and outputs have meaningful names;
     - the graph has no Python-function ops (`PyFunc`, `EagerPyFunc`), no
-      `XlaCallModule` (platform-pinned) and no hard device placements;
+      `XlaCallModule` (platform-pinned), no function that must be compiled
+      with XLA (`jit_compile=True`; TF Serving's CPU build does not) and no
+      hard device placements;
     - kzoo was not imported by the subprocess.
 
     It also times `serving_default` (batch 1 and 64) on the best device
