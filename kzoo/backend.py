@@ -264,6 +264,9 @@ def fused(fn, recompute_gradient=False):
     import tensorflow as tf
 
     compiled = tf.function(fn, jit_compile=True, reduce_retracing=True)
+    read = lambda x: tf.convert_to_tensor(x) if isinstance(x, keras.Variable) else x  # noqa: E731
+    if not recompute_gradient:
+        return lambda *args, **kwargs: compiled(*tf.nest.map_structure(read, args), **kwargs)
 
     @tf.function(jit_compile=True, reduce_retracing=True)
     def vjp(tensors, upstream, **constants):
@@ -273,10 +276,7 @@ def fused(fn, recompute_gradient=False):
         return tape.gradient(output, tensors, output_gradients=upstream)
 
     def call(*args, **kwargs):
-        read = lambda x: tf.convert_to_tensor(x) if isinstance(x, keras.Variable) else x  # noqa: E731
         args = tf.nest.map_structure(read, args)
-        if not recompute_gradient:
-            return compiled(*args, **kwargs)
 
         @tf.custom_gradient
         def run(*tensors):

@@ -153,9 +153,10 @@ def pixel_affinities(features, weights, radius):
 def _training_affinities():
     """`pixel_affinities` as the training step runs it.
 
-    On TensorFlow, one XLA cluster (`kzoo.backend.fused`): Keras' CPU train
-    step is a graph without XLA, where the 41 shifted differences and their
-    gradient are hundreds of separate passes over memory (BENCHMARKS.md,
+    On TensorFlow, an XLA cluster, and a second one for the gradient that
+    recomputes the forward pass (`kzoo.backend.fused`): Keras' CPU train
+    step is a graph without XLA, where the shifted differences (41 at R = 5)
+    and their gradient are hundreds of separate passes over memory (BENCHMARKS.md,
     "Training the RWN on TensorFlow"). Inference, and so every export, keeps
     the plain ops, which TF Serving runs without XLA. Elsewhere it is
     `pixel_affinities` itself.
