@@ -250,6 +250,8 @@ def main():
     if stored and stored.get("settings") != json.loads(json.dumps(settings)):
         args.retune = True  # other seeds or horizon: the stored baselines do not apply
         results = {}
+    # Read once: a checkpoint that a running meta-training rewrites scores one phi on every task.
+    learned_optimizers = _learned_optimizers(args)
     for name in args.tasks:
         problem = HELD_OUT[name]()
         print(f"{name} ({problem.name})", flush=True)
@@ -263,7 +265,7 @@ def main():
         result["learned"] = {
             k: v for k, v in result["learned"].items() if not k.startswith("checkpoint")
         }
-        for label, make in _learned_optimizers(args).items():
+        for label, make in learned_optimizers.items():
             result["learned"][label] = run_seeds(make, problem, seeds, args.problems, args.horizon)
         compare(result)
         for label, row in result["learned"].items():

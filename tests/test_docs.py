@@ -68,6 +68,7 @@ def test_readme_zoo_table_matches_the_presets_metadata():
         "lstm_optimizer_general",
         "lstm_optimizer_general_moments",
         "lstm_optimizer_general_noisy",
+        "lstm_optimizer_general_rescaled",
         "lstm_optimizer_quadratic",
     }, checked
 
@@ -87,6 +88,7 @@ def test_readme_learned_optimizer_table_matches_the_presets_metadata():
         "lstm_optimizer_general",
         "lstm_optimizer_general_moments",
         "lstm_optimizer_general_noisy",
+        "lstm_optimizer_general_rescaled",
         "lstm_optimizer_quadratic",
     }
     for name, shown, problems in rows:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from keras import ops
 
+from kzoo import backend
 from kzoo.optimizers import LSTMOptimizer
 from kzoo.optimizers import learned
 from kzoo.optimizers import meta
@@ -647,3 +648,40 @@ def test_initialization_scales_and_training_horizons_are_drawn_in_range():
         _small_general_trainer(objective="mean")
     with pytest.raises(ValueError, match="a mixture of families needs objective='log_ratio'"):
         _small_general_trainer(objective="sum")
+
+
+def test_a_reparametrized_family_is_the_same_problem_with_rescaled_gradients():
+    inner = problems.MLP("wine", (16,), "tanh", 32)
+    rescaled = problems.Reparametrized(inner, (0.1, 10.0))
+    params, constants = rescaled.sample(np.random.default_rng(0), 50)
+    original, _ = inner.sample(np.random.default_rng(0), 50)
+    scales = [constants[f"rescaled_scale_{i}"] for i in range(len(params))]
+    for p, o, c in zip(params, original, scales):
+        assert c.shape == (50,) + (1,) * (p.ndim - 1)
+        assert 0.1 <= c.min() < 0.2 and 5.0 < c.max() <= 10.0
+        np.testing.assert_allclose(p * c, o, rtol=1e-6, atol=1e-7)
+    assert not np.allclose(scales[0].ravel(), scales[2].ravel())  # one scale per tensor
+
+    # Same losses, and the gradient in theta' is c times the one in theta.
+    batch = {k: v[0] for k, v in inner.batches(np.random.default_rng(1), 50, 1).items()}
+    results = []
+    for ps, problem, consts in ((params, rescaled, constants), (original, inner, {})):
+        consts = {k: ops.convert_to_tensor(v) for k, v in consts.items()}
+        results.append(
+            backend.value_and_stopped_gradient(
+                lambda p: ops.sum(problem.loss(p, consts, batch)),
+                [ops.convert_to_tensor(p) for p in ps],
+            )
+        )
+    (value, grads), (expected_value, expected_grads) = results
+    np.testing.assert_allclose(float(value), float(expected_value), rtol=1e-5)
+    for g, expected, c in zip(grads, expected_grads, scales):
+        np.testing.assert_allclose(
+            ops.convert_to_numpy(g), c * ops.convert_to_numpy(expected), rtol=1e-4, atol=1e-6
+        )
+    mixture = problems.rescaled_training_distribution()
+    assert [m.name for m in mixture.members] == [
+        f"{m.name}_rescaled" for m in problems.noisy_training_distribution().members
+    ]
+    with pytest.raises(ValueError, match="scale_range must be 0 < low <= high"):
+        problems.Reparametrized(inner, (0.0, 1.0))

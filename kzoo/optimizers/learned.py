@@ -406,11 +406,15 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
     variable and its state unchanged and adds one to `skipped_updates`. A
     gradient of another shape than its variable is a `ValueError`.
 
-    The zoo's optimizers were meta-trained from random initializations. Do
-    not fine-tune a pretrained model with them: their first steps are large.
-    One epoch at the meta-trained step takes the zoo's `lnlstm_digits` from
-    0.967 to about 0.6 test accuracy. Even `learning_rate=0.01` loses up to
-    1.5 points, where Adam at 1e-4 loses none (BENCHMARKS.md).
+    The first presets (`lstm_optimizer_quadratic`, `lstm_optimizer_digits_mlp`)
+    were meta-trained from random initializations only. Do not fine-tune a
+    pretrained model with them: their first steps are large. One epoch at
+    the meta-trained step takes the zoo's `lnlstm_digits` from 0.967 to about
+    0.6 test accuracy. Even `learning_rate=0.01` loses up to 1.5 points,
+    where Adam at 1e-4 loses none. The general presets' meta-training also
+    restarts their state on half-trained problems. At `learning_rate=0.01`,
+    `lstm_optimizer_general_noisy` and `lstm_optimizer_general_rescaled` keep
+    the model's accuracy on every backend (BENCHMARKS.md).
 
     Args:
         weights: where `phi` comes from: a zoo preset name or directory, or a

@@ -15,9 +15,13 @@ and `batches` draws the per-step minibatches of one episode.
   classifier) on the 8x8 image datasets.
 - `DigitsMLP`, `DigitsCNN`: the paper's MNIST experiments at the digits' scale
   (minibatches of 128, sigmoid units), the families of the first presets.
+- `Reparametrized`: a family whose parameters are stored rescaled, so the
+  step size that suits it is unknown to the optimizer (task augmentation).
 - `Mixture`: a distribution over families (one drawn per episode);
   `general_training_distribution()` is the one of `lstm_optimizer_general`,
-  `noisy_training_distribution()` the one of `lstm_optimizer_general_noisy`.
+  `noisy_training_distribution()` the one of `lstm_optimizer_general_noisy`,
+  `rescaled_training_distribution()` the one of
+  `lstm_optimizer_general_rescaled`.
 
 Losses are written with `keras.ops`; sampling is numpy (seeded).
 """
@@ -361,6 +365,65 @@ class DigitsCNN(CNN):
         self.name = "digits_cnn"
 
 
+class Reparametrized:
+    """A family whose parameters are stored divided by a random scale.
+
+    Each parameter tensor of each problem draws a scale `c` log-uniformly
+    from `scale_range`; the optimizer sees `theta' = theta / c` and the loss
+    is the wrapped family's at `c * theta'`. The problem is the same, but its
+    gradients are `c` times larger and the step that suits it `1 / c` times
+    smaller in `theta'`, so an optimizer meta-trained on reparametrized
+    families cannot rely on one step size and must find it from the
+    gradients it sees (task augmentation; `docs/learned_optimizer_general.md`).
+
+    Args:
+        problem: the family to wrap.
+        scale_range: `(low, high)` of the log-uniform scales.
+
+    Example:
+
+    >>> problem = Reparametrized(MLP("wine", (), "sigmoid", 32), (0.1, 10.0))
+    >>> problem.name
+    'wine_linear_b32_rescaled'
+    >>> rng = np.random.default_rng(0)
+    >>> params, constants = problem.sample(rng, 4)
+    >>> scales = constants["rescaled_scale_0"]
+    >>> bool(scales.shape == (4, 1, 1) and scales.min() >= 0.1 and scales.max() <= 10.0)
+    True
+    """
+
+    def __init__(self, problem, scale_range=(0.1, 10.0)):
+        low, high = (float(s) for s in scale_range)
+        if not 0 < low <= high:
+            raise ValueError(
+                f"Reparametrized: scale_range must be 0 < low <= high, got {scale_range}."
+            )
+        self.problem, self.scale_range = problem, (low, high)
+        self.name = f"{problem.name}_rescaled"
+
+    def sample(self, rng, num_problems):
+        """`(params, constants)`: the wrapped family's, each tensor divided by
+        its scales (kept in `constants["rescaled_scale_<i>"]`)."""
+        params, constants = self.problem.sample(rng, num_problems)
+        low, high = np.log(self.scale_range)
+        scaled = []
+        for i, p in enumerate(params):
+            c = np.exp(rng.uniform(low, high, num_problems)).astype("float32")
+            c = c.reshape((num_problems,) + (1,) * (p.ndim - 1))
+            constants = {**constants, f"rescaled_scale_{i}": c}
+            scaled.append((p / c).astype("float32"))
+        return scaled, constants
+
+    def batches(self, rng, num_problems, steps):
+        """The wrapped family's minibatches."""
+        return self.problem.batches(rng, num_problems, steps)
+
+    def loss(self, params, constants, batch):
+        """The `K` losses of the wrapped family at `c * theta'`, `(K,)`."""
+        params = [p * constants[f"rescaled_scale_{i}"] for i, p in enumerate(params)]
+        return self.problem.loss(params, constants, batch)
+
+
 class Mixture:
     """A distribution over problem families: each episode of meta-training
     draws one member (uniformly), then its problems.
@@ -447,10 +510,25 @@ def noisy_training_distribution():
     )
 
 
+def rescaled_training_distribution(scale_range=(0.1, 10.0)):
+    """The meta-training distribution of `lstm_optimizer_general_rescaled`.
+
+    The 22 families of `noisy_training_distribution`, each `Reparametrized`:
+    every parameter tensor is stored divided by a scale drawn log-uniformly
+    from `scale_range`, so the step size that suits a problem varies by a
+    factor of up to `high / low` and has to be found from its gradients.
+    """
+    return Mixture(
+        [Reparametrized(m, scale_range) for m in noisy_training_distribution().members],
+        name="general_rescaled",
+    )
+
+
 FAMILIES = {
     "quadratic": Quadratic,
     "digits_mlp": DigitsMLP,
     "digits_cnn": DigitsCNN,
     "general": general_training_distribution,
     "general_noisy": noisy_training_distribution,
+    "general_rescaled": rescaled_training_distribution,
 }

@@ -137,8 +137,9 @@ def list_entries(filter=None, kind=None, pretrained=None):
 
     Example:
 
-    >>> list_entries("lstm_optimizer_general*")
-    ['lstm_optimizer_general', 'lstm_optimizer_general_moments', 'lstm_optimizer_general_noisy']
+    >>> names = list_entries("lstm_optimizer_general*")
+    >>> len(names), names[0], names[-1]
+    (4, 'lstm_optimizer_general', 'lstm_optimizer_general_rescaled')
     """
     names = sorted(
         n
@@ -443,6 +444,20 @@ register(
     inputs="moments",
     output_scale=1e-3,
     init_from="lstm_optimizer_general_moments",
+    log_ratio_floor=1e-2,
+    **_GENERAL_META_TRAINING,
+)
+register(
+    "lstm_optimizer_general_rescaled",
+    "optimizer",
+    "kzoo.optimizers.learned:LSTMOptimizer",
+    task="meta_general_rescaled",
+    description="lstm_optimizer_general_noisy meta-trained further on its families with "
+    "every parameter tensor randomly rescaled, so it must find each problem's step size",
+    preprocess=True,
+    inputs="moments",
+    output_scale=1e-3,
+    init_from="lstm_optimizer_general_noisy",
     log_ratio_floor=1e-2,
     **_GENERAL_META_TRAINING,
 )

@@ -238,4 +238,14 @@ TASKS = {
         episodes_per_epoch=10,
         patience=30,
     ),
+    "meta_general_rescaled": MetaTask(
+        name="meta_general_rescaled",
+        family="general_rescaled",
+        dataset="the 22 families of meta_general_noisy, every parameter tensor stored divided "
+        "by a scale drawn log-uniformly from [0.1, 10] "
+        "(kzoo.optimizers.problems.rescaled_training_distribution)",
+        epochs=200,
+        episodes_per_epoch=10,
+        patience=30,
+    ),
 }
