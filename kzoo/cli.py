@@ -212,9 +212,10 @@ def _evaluate(entries):
         )
         _, metadata = presets.read_metadata(item.name, kind=item.kind)
         results = registry.evaluate(item.name)
-        key = registry.KINDS[item.kind].score
-        recorded = metadata["metrics"]["test"][key]
-        match = abs(results[key] - recorded) <= 1e-3 * max(1.0, abs(recorded))
+        kind = registry.KINDS[item.kind]
+        recorded = metadata["metrics"]["test"][kind.score]
+        key = kind.score
+        match = abs(results[key] - recorded) <= kind.tolerance * max(1.0, abs(recorded))
         ok &= match
         metric = TASKS[item.task].headline_metric(results)
         rows.append(

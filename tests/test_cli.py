@@ -243,3 +243,27 @@ def test_non_editable_install_loads_the_zoo(tmp_path):
         check=True,
     )
     assert '"accuracy": 0.96' in result.stdout, result.stdout + result.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    "name, drift, matches",
+    [
+        ("lstm_optimizer_general_noisy", 1.05, True),  # within a learned optimizer's 10 %
+        ("lstm_optimizer_general_noisy", 1.2, False),
+        ("lnlstm_digits", 1.05, False),  # a model's loss must reproduce to 0.1 %
+        ("lnlstm_digits", 1.0005, True),
+    ],
+)
+def test_evaluate_compares_with_each_kinds_tolerance(monkeypatch, name, drift, matches):
+    from kzoo.zoo import presets
+    from kzoo.zoo import registry
+
+    item = registry.entry(name)
+    key = registry.KINDS[item.kind].score
+    recorded = presets.read_metadata(name, kind=item.kind)[1]["metrics"]["test"]
+    rescored = {k: v for k, v in recorded.items() if not isinstance(v, dict)}
+    rescored[key] = recorded[key] * drift
+    if item.kind == "model":
+        rescored.setdefault("accuracy", 0.0)
+    monkeypatch.setattr(registry, "evaluate", lambda _: rescored)
+    assert cli._evaluate([item]) is matches

@@ -29,18 +29,30 @@ class Kind:
         score: the test metric `kzoo evaluate` recomputes and compares with
             the recorded one.
         exportable: whether it exports as a TF Serving SavedModel.
+        tolerance: how far the recomputed score may be from the recorded
+            one, relative to `max(1, |recorded|)`. A learned optimizer's
+            score comes from runs of hundreds of steps, whose trajectories
+            drift apart between CPUs (their kernels round differently): on
+            an AMD EPYC the general presets' scores moved by 0.15-9 % from
+            the ones recorded on another machine. Its weights are checked
+            exactly by their sha256 either way.
     """
 
     name: str
     hooks: str
     score: str
     exportable: bool
+    tolerance: float = 1e-3
 
 
 KINDS = {
     "model": Kind("model", "kzoo.zoo.models", score="loss", exportable=True),
     "optimizer": Kind(
-        "optimizer", "kzoo.zoo.learned_optimizers", score="final_loss", exportable=False
+        "optimizer",
+        "kzoo.zoo.learned_optimizers",
+        score="final_loss",
+        exportable=False,
+        tolerance=0.1,
     ),
 }
 
