@@ -422,6 +422,8 @@ _GENERAL_META_TRAINING = dict(
     restart_probability=0.1,
     clipnorm=1.0,
 )
+# Our extension's network (`inputs="moments"`), untrained exactly Adam at 1e-3.
+_MOMENTS_NETWORK = dict(preprocess=True, inputs="moments", output_scale=1e-3)
 register(
     "lstm_optimizer_general",
     "optimizer",
@@ -440,9 +442,7 @@ register(
     task="meta_general",
     description="Our extension on the same problems: Adam's moments as extra inputs and a "
     "learned step size; untrained, it is Adam at 1e-3 (output scale)",
-    preprocess=True,
-    inputs="moments",
-    output_scale=1e-3,
+    **_MOMENTS_NETWORK,
     **_GENERAL_META_TRAINING,
 )
 register(
@@ -452,9 +452,7 @@ register(
     task="meta_general_noisy",
     description="lstm_optimizer_general_moments meta-trained further with 8 noisy families "
     "added and a meta-loss that stops rewarding progress below 1% of the initial loss",
-    preprocess=True,
-    inputs="moments",
-    output_scale=1e-3,
+    **_MOMENTS_NETWORK,
     init_from="lstm_optimizer_general_moments",
     log_ratio_floor=1e-2,
     **_GENERAL_META_TRAINING,
@@ -466,9 +464,7 @@ register(
     task="meta_general_rescaled",
     description="lstm_optimizer_general_noisy meta-trained further on its families with "
     "every parameter tensor randomly rescaled, so it must find each problem's step size",
-    preprocess=True,
-    inputs="moments",
-    output_scale=1e-3,
+    **_MOMENTS_NETWORK,
     init_from="lstm_optimizer_general_noisy",
     log_ratio_floor=1e-2,
     **_GENERAL_META_TRAINING,
