@@ -413,8 +413,8 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
     0.6 test accuracy. Even `learning_rate=0.01` loses up to 1.5 points,
     where Adam at 1e-4 loses none. The general presets' meta-training also
     restarts their state on half-trained problems. At `learning_rate=0.01`,
-    `lstm_optimizer_general_noisy` and `lstm_optimizer_general_rescaled` keep
-    the model's accuracy on every backend (BENCHMARKS.md).
+    each of the four general presets keeps the model's accuracy on every
+    backend (BENCHMARKS.md).
 
     Args:
         weights: where `phi` comes from: a zoo preset name or directory, or a
