@@ -104,14 +104,19 @@ def run_seeds(make_optimizer, problem, seeds, num_problems, horizon):
     }
 
 
+def tune(factory, problem, horizon, tune_problems, rates=RATES):
+    """`factory`'s final loss at each rate on the tuning problems, and the best rate."""
+    grid = {
+        lr: final_loss(meta.optimize(factory(lr), problem, TUNE_SEED, tune_problems, horizon))
+        for lr in rates
+    }
+    return grid, min(grid, key=grid.get)
+
+
 def baselines(problem, seeds, num_problems, horizon, tune_problems):
     out = {}
     for name, factory in BASELINES.items():
-        grid = {
-            lr: final_loss(meta.optimize(factory(lr), problem, TUNE_SEED, tune_problems, horizon))
-            for lr in RATES
-        }
-        tuned = min(grid, key=grid.get)
+        grid, tuned = tune(factory, problem, horizon, tune_problems)
         out[f"{name} default"] = {
             "learning_rate": DEFAULT_RATES[name],
             **run_seeds(
