@@ -142,15 +142,18 @@ def unroll(
         the final parameters and state, the losses `(steps + 1, K)` at
         `theta_0 .. theta_steps` and the reference used.
     """
-    losses = []
-    for t in range(steps + 1):
+
+    # One traced step in a loop (not `steps` copies): compiling a long unroll
+    # costs what a short one does.
+    def body(t, carry):
+        params, state, losses = carry
         batch = {k: v[t] for k, v in batches.items()}
-        value, grads = backend.value_and_stopped_gradient(
+        _, grads = backend.value_and_stopped_gradient(
             lambda p: ops.sum(problem.loss(p, constants, batch)), params
         )
-        losses.append(problem.loss(params, constants, batch))
-        if t == steps:
-            break
+        # Write row t (`slice_update` has no gradient on TensorFlow).
+        row = ops.one_hot(t, steps, dtype=losses.dtype)[:, None]
+        losses = losses + row * problem.loss(params, constants, batch)[None]
         update, state = learned.step(
             phi,
             _flatten(grads),
@@ -161,7 +164,12 @@ def unroll(
             inputs=architecture["inputs"],
         )
         params = [p + u for p, u in zip(params, _unflatten(update, params))]
-    losses = ops.stack(losses)
+        return params, state, losses
+
+    losses = ops.zeros((steps, ops.shape(params[0])[0]), params[0].dtype)
+    params, state, losses = ops.fori_loop(0, steps, body, (list(params), list(state), losses))
+    last = problem.loss(params, constants, {k: v[steps] for k, v in batches.items()})
+    losses = ops.concatenate([losses, last[None]], axis=0)
     reference = ops.where(reference > 0, reference, ops.stop_gradient(losses[0]))
     if objective == "sum":
         meta_loss = ops.mean(ops.sum(losses[1:], axis=0))
