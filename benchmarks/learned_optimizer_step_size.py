@@ -1,18 +1,21 @@
-"""The learned step size of `lstm_optimizer_general_moments` on training and held-out tasks.
+"""The learned step size of the moments-network presets on training and held-out tasks.
 
 The `inputs="moments"` network outputs a direction `d` and a log step size
 `s` (`kzoo.optimizers.learned`); its update is `0.001 * d * exp(5 tanh(s / 5))`.
-This runs the preset for 1000 steps on 4 problems of a training family and
+This runs each preset for 1000 steps on 4 problems of a training family and
 of three held-out tasks, and records every 100 steps the loss and the
 geometric mean over coordinates of the step-size factor `exp(5 tanh(s / 5))`
 (the update over the same update with `s = 0`).
 
-    KERAS_BACKEND=jax python benchmarks/learned_optimizer_step_size.py
+    KERAS_BACKEND=jax python benchmarks/learned_optimizer_step_size.py \
+        --presets lstm_optimizer_general_moments lstm_optimizer_general_rescaled \
+        lstm_optimizer_general_long_unroll
 
 Writes `benchmarks/results/learned_optimizer_step_size.json` and `.png`. JAX only: it
 differentiates the problems with `jax.value_and_grad`.
 """
 
+import argparse
 import json
 from pathlib import Path
 
@@ -23,7 +26,7 @@ import numpy as np
 from kzoo.optimizers import learned
 from kzoo.optimizers import problems
 
-PRESET = "lstm_optimizer_general_moments"
+PRESETS = ["lstm_optimizer_general_moments"]
 TASKS = {
     "digits_mlp_32_relu (training family)": lambda: problems.MLP("digits", (32,), "relu", 128),
     "texture_mlp_relu (held out)": lambda: problems.MLP(
@@ -74,15 +77,23 @@ def trace(problem, phi, architecture, steps=1000, num_problems=4, seed=5):
 
 
 def main():
-    phi, architecture = learned.load_meta_parameters(PRESET)
-    phi = [jnp.asarray(p) for p in phi]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--presets", nargs="+", default=PRESETS)
+    args = parser.parse_args()
     results = {}
-    for name, make in TASKS.items():
-        results[name] = trace(make(), phi, architecture)
-        last = results[name][-1]
-        print(f"{name}: loss {last['loss']:.4g}, step-size factor {last['step_size_factor']:.2f}")
+    for preset in args.presets:
+        phi, architecture = learned.load_meta_parameters(preset)
+        phi = [jnp.asarray(p) for p in phi]
+        results[preset] = {}
+        for name, make in TASKS.items():
+            rows = results[preset][name] = trace(make(), phi, architecture)
+            print(
+                f"{preset} on {name}: loss {rows[-1]['loss']:.4g}, "
+                f"step-size factor {rows[-1]['step_size_factor']:.2f}",
+                flush=True,
+            )
     path = Path(__file__).parent / "results" / "learned_optimizer_step_size.json"
-    path.write_text(json.dumps({"preset": PRESET, "tasks": results}, indent=1))
+    path.write_text(json.dumps({"presets": results}, indent=1))
     plot(results, path.with_suffix(".png"))
 
 
@@ -92,15 +103,15 @@ def plot(results, path):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, rows in results.items():
-        steps = [r["step"] for r in rows]
-        axes[0].semilogy(steps, [r["loss"] for r in rows], label=name)
-        axes[1].semilogy(steps, [r["step_size_factor"] for r in rows], label=name)
-    axes[0].set(xlabel="step", ylabel="minibatch loss")
-    axes[1].set(xlabel="step", ylabel="learned step-size factor (geometric mean)")
-    axes[1].legend(fontsize=7)
-    fig.suptitle(PRESET)
+    fig, axes = plt.subplots(len(results), 2, figsize=(11, 3.5 * len(results)), squeeze=False)
+    for row, (preset, tasks) in zip(axes, results.items()):
+        for name, rows in tasks.items():
+            steps = [r["step"] for r in rows]
+            row[0].semilogy(steps, [r["loss"] for r in rows], label=name)
+            row[1].semilogy(steps, [r["step_size_factor"] for r in rows], label=name)
+        row[0].set(xlabel="step", ylabel="minibatch loss", title=preset)
+        row[1].set(xlabel="step", ylabel="learned step-size factor (geometric mean)", title=preset)
+    axes[0][1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -151,7 +151,7 @@ def list_entries(filter=None, kind=None, pretrained=None):
 
     >>> names = list_entries("lstm_optimizer_general*")
     >>> len(names), names[0], names[-1]
-    (4, 'lstm_optimizer_general', 'lstm_optimizer_general_rescaled')
+    (5, 'lstm_optimizer_general', 'lstm_optimizer_general_rescaled')
     """
     names = sorted(
         n
@@ -468,4 +468,16 @@ register(
     init_from="lstm_optimizer_general_noisy",
     log_ratio_floor=1e-2,
     **_GENERAL_META_TRAINING,
+)
+register(
+    "lstm_optimizer_general_long_unroll",
+    "optimizer",
+    "kzoo.optimizers.learned:LSTMOptimizer",
+    task="meta_general_rescaled",
+    description="lstm_optimizer_general_rescaled meta-trained further on the same problems with "
+    "100-step truncated unrolls instead of 20, against the short-horizon bias toward small steps",
+    **_MOMENTS_NETWORK,
+    init_from="lstm_optimizer_general_rescaled",
+    log_ratio_floor=1e-2,
+    **{**_GENERAL_META_TRAINING, "unroll": 100},
 )
