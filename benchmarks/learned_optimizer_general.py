@@ -217,7 +217,8 @@ def _learned_optimizers(args):
         with np.load(Path(checkpoint) / meta.CHECKPOINT_ARRAYS) as arrays:
             size = sum(name.startswith("best_phi_") for name in arrays.files)
             phi = [arrays[f"best_phi_{i}"] for i in range(size)]
-        label = f"checkpoint {Path(checkpoint).name} (epoch {state['epoch']})"
+        best = int(np.argmin(state["history"]["validation_final_loss"])) + 1
+        label = f"checkpoint {Path(checkpoint).name} (best epoch {best} of {state['epoch']})"
         makers[label] = lambda phi=phi, a=architecture: LSTMOptimizer(weights=phi, **a)
     return makers
 
