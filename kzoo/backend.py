@@ -140,14 +140,15 @@ def loss_gradients(model, x, y, sample_weight=None):
 
 
 def value_and_stopped_gradient(fn, params):
-    """`fn(params)` and its gradient, the gradient cut from outer autodiff.
+    """`fn(params)` and the gradient of its sum, cut from outer autodiff.
 
-    The value stays differentiable by an enclosing differentiation (through
-    `params`); the gradient is a constant to it (no second derivatives), as in
-    the learned optimizer's meta-training.
+    The value (a tensor of any shape, e.g. one loss per problem) stays
+    differentiable by an enclosing differentiation (through `params`); the
+    gradient of its sum is a constant to it (no second derivatives), as in
+    the learned optimizer's meta-training. One evaluation of `fn` gives both.
 
     Args:
-        fn: maps a list of tensors to a scalar tensor.
+        fn: maps a list of tensors to a tensor.
         params: the list of tensors.
 
     Returns:
@@ -160,12 +161,17 @@ def value_and_stopped_gradient(fn, params):
         with tf.GradientTape() as tape:
             tape.watch(params)
             value = fn(params)
-        grads = tape.gradient(value, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
+            total = tf.reduce_sum(value)
+        grads = tape.gradient(total, params, unconnected_gradients=tf.UnconnectedGradients.ZERO)
         return value, [tf.stop_gradient(g) for g in grads]
     if backend == "jax":
         import jax
 
-        value, grads = jax.value_and_grad(fn)(params)
+        def summed(p):
+            value = fn(p)
+            return jax.numpy.sum(value), value
+
+        (_, value), grads = jax.value_and_grad(summed, has_aux=True)(params)
         return value, [jax.lax.stop_gradient(g) for g in grads]
     if backend == "torch":
         import torch
@@ -173,7 +179,7 @@ def value_and_stopped_gradient(fn, params):
         params = [p if p.requires_grad else p.detach().requires_grad_(True) for p in params]
         with torch.enable_grad():
             value = fn(params)
-            grads = torch.autograd.grad(value, params, retain_graph=True, allow_unused=True)
+            grads = torch.autograd.grad(value.sum(), params, retain_graph=True, allow_unused=True)
         return value, [
             torch.zeros_like(p) if g is None else g.detach() for p, g in zip(params, grads)
         ]
@@ -307,15 +313,11 @@ def optimizer_stepper(optimizer, params, loss_fn):
     variables = [keras.Variable(p, trainable=True) for p in params]
     optimizer.build(variables)
 
-    def objective(batch):
-        return lambda p: keras.ops.sum(loss_fn(p, batch))
-
     if keras.backend.backend() == "jax":
         import jax
 
         def stateless(opt_values, values, batch):
-            losses = loss_fn(values, batch)
-            _, grads = value_and_stopped_gradient(objective(batch), values)
+            losses, grads = value_and_stopped_gradient(lambda p: loss_fn(p, batch), values)
             values, opt_values = optimizer.stateless_apply(opt_values, grads, values)
             return losses, values, opt_values
 
@@ -330,8 +332,7 @@ def optimizer_stepper(optimizer, params, loss_fn):
 
     def stateful(batch):
         values = [v.value for v in variables]
-        losses = loss_fn(values, batch)
-        _, grads = value_and_stopped_gradient(objective(batch), values)
+        losses, grads = value_and_stopped_gradient(lambda p: loss_fn(p, batch), values)
         optimizer.apply(grads, variables)
         return losses
 

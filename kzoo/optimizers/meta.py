@@ -148,12 +148,12 @@ def unroll(
     def body(t, carry):
         params, state, losses = carry
         batch = {k: v[t] for k, v in batches.items()}
-        _, grads = backend.value_and_stopped_gradient(
-            lambda p: ops.sum(problem.loss(p, constants, batch)), params
+        loss, grads = backend.value_and_stopped_gradient(
+            lambda p: problem.loss(p, constants, batch), params
         )
         # Write row t (`slice_update` has no gradient on TensorFlow).
         row = ops.one_hot(t, steps, dtype=losses.dtype)[:, None]
-        losses = losses + row * problem.loss(params, constants, batch)[None]
+        losses = losses + row * loss[None]
         update, state = learned.step(
             phi,
             _flatten(grads),
