@@ -14,6 +14,14 @@ costs.
 Reads the baselines from `benchmarks/results/learned_optimizer_general.json`
 (run that first, with the same settings) and writes
 `benchmarks/results/learned_optimizer_step_scale.json` and `.png`.
+
+`--training` asks the same of the preset's own meta-training families: the
+validation problems of its zoo entry (`meta.VALIDATION_SEED`), run for the
+held-out horizon with the update times each of `--scales`, scored per family
+by `MetaTrainer.score`'s final term (lower is better). If the families agree
+on one factor other than 1, meta-training left the step off; if they
+disagree, the preset does not adapt its step to the problem. It writes
+`learned_optimizer_step_scale_training.json` and `.png`.
 """
 
 import argparse
@@ -30,18 +38,75 @@ from learned_optimizer_general import run_seeds
 from learned_optimizer_general import tune
 
 from kzoo.optimizers import LSTMOptimizer
+from kzoo.optimizers import learned as learned_lib
+from kzoo.optimizers import meta
+from kzoo.zoo import learned_optimizers
+from kzoo.zoo import registry
 
 SCALES = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0)
 OUT = RESULTS / "learned_optimizer_step_scale.json"
+TRAINING_OUT = RESULTS / "learned_optimizer_step_scale_training.json"
+
+
+def scaled(phi, factor):
+    """`phi` of an `inputs="moments"` network whose updates are `factor`
+    times as large: its direction output `d` scaled, its step-size output
+    untouched."""
+    phi = [np.array(p) for p in phi]
+    phi[-2][:, 0] *= factor
+    phi[-1][0] *= factor
+    return phi
+
+
+def training_families(preset, scales, horizon, problems_per_family):
+    """The preset's final validation score per family at each scale."""
+    trainer = learned_optimizers.meta_trainer(registry.entry(preset))
+    phi, architecture = learned_lib.load_meta_parameters(preset)
+    if architecture["inputs"] != "moments":
+        raise SystemExit(f"{preset}: --training needs an inputs='moments' preset")
+    floor = trainer.log_ratio_floor or 0.0
+    scores = {}
+    for factor in scales:
+        start = time.time()
+        curves = trainer.run_all(
+            scaled(phi, factor), meta.VALIDATION_SEED, problems_per_family, horizon
+        )
+        scores[str(factor)] = {
+            "score": trainer.score(curves)[0],
+            "families": {
+                name: float(np.log(c[-1].mean() / c[0].mean() + floor))
+                for name, c in curves.items()
+            },
+        }
+        print(f"scale {factor:g}: {scores[str(factor)]['score']:.4f} ({time.time() - start:.0f} s)")
+    return scores
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--preset", default="lstm_optimizer_general_rescaled")
     parser.add_argument("--tasks", nargs="*", default=list(HELD_OUT))
+    parser.add_argument("--training", action="store_true", help="score the training families")
+    parser.add_argument("--scales", nargs="*", type=float, default=[0.5, 1.0, 2.0, 4.0])
     args = parser.parse_args()
     general = json.loads(GENERAL_OUT.read_text())
     settings = general["settings"]
+    if args.training:
+        scores = training_families(
+            args.preset, args.scales, settings["horizon"], settings["problems_per_seed"]
+        )
+        TRAINING_OUT.write_text(
+            json.dumps(
+                {
+                    "preset": args.preset,
+                    "backend": keras.backend.backend(),
+                    "horizon": settings["horizon"],
+                    "scales": scores,
+                },
+                indent=1,
+            )
+        )
+        return plot_training(args.preset, scores, TRAINING_OUT.with_suffix(".png"))
     if settings["backend"] != keras.backend.backend():
         raise SystemExit(f"the baselines were measured on {settings['backend']}; run on that")
     stored = json.loads(OUT.read_text()) if OUT.exists() else {}
@@ -112,6 +177,27 @@ def plot(preset, results, path):
     ax.set_ylim(0.2, 10)  # the blow-ups (up to 10^7) leave through the top
     ax.set_title(f"{preset}: step scale tuned per task", fontsize=9)
     ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def plot_training(preset, scores, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    scales = [float(s) for s in scores]
+    families = list(next(iter(scores.values()))["families"])
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in families:
+        values = [scores[s]["families"][name] for s in scores]
+        ax.semilogx(scales, values, ".-", color="0.7", lw=0.8)
+    ax.semilogx(scales, [scores[s]["score"] for s in scores], "o-", color="C3", lw=2, label="mean")
+    ax.set(xlabel="factor on the learned update", ylabel="log(final / initial loss + floor)")
+    ax.set_title(f"{preset} on its training families (grey: one family each)", fontsize=9)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
