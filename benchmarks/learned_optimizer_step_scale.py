@@ -64,7 +64,6 @@ def training_families(preset, scales, horizon, problems_per_family):
     phi, architecture = learned_lib.load_meta_parameters(preset)
     if architecture["inputs"] != "moments":
         raise SystemExit(f"{preset}: --training needs an inputs='moments' preset")
-    floor = trainer.log_ratio_floor or 0.0
     scores = {}
     for factor in scales:
         start = time.time()
@@ -73,10 +72,7 @@ def training_families(preset, scales, horizon, problems_per_family):
         )
         scores[str(factor)] = {
             "score": trainer.score(curves)[0],
-            "families": {
-                name: float(np.log(c[-1].mean() / c[0].mean() + floor))
-                for name, c in curves.items()
-            },
+            "families": {name: trainer.score({name: c})[0] for name, c in curves.items()},
         }
         print(f"scale {factor:g}: {scores[str(factor)]['score']:.4f} ({time.time() - start:.0f} s)")
     return scores
