@@ -66,6 +66,7 @@ def test_readme_zoo_table_matches_the_presets_metadata():
     assert checked == set(presets.available_presets()) - {
         "lstm_optimizer_digits_mlp",
         "lstm_optimizer_general",
+        "lstm_optimizer_general_direct",
         "lstm_optimizer_general_long_unroll",
         "lstm_optimizer_general_moments",
         "lstm_optimizer_general_noisy",
@@ -87,6 +88,7 @@ def test_readme_learned_optimizer_table_matches_the_presets_metadata():
     assert {name for name, _, _ in rows} == {
         "lstm_optimizer_digits_mlp",
         "lstm_optimizer_general",
+        "lstm_optimizer_general_direct",
         "lstm_optimizer_general_long_unroll",
         "lstm_optimizer_general_moments",
         "lstm_optimizer_general_noisy",

@@ -413,7 +413,7 @@ class LSTMOptimizer(compat.BatchedUpdates, keras.optimizers.Optimizer):
     0.6 test accuracy. Even `learning_rate=0.01` loses up to 1.5 points,
     where Adam at 1e-4 loses none. The general presets' meta-training also
     restarts their state on half-trained problems. At `learning_rate=0.01`,
-    each of the five general presets keeps the model's accuracy on every
+    each of the six general presets keeps the model's accuracy on every
     backend (BENCHMARKS.md).
 
     Args:

@@ -21,7 +21,8 @@ and `batches` draws the per-step minibatches of one episode.
   `general_training_distribution()` is the one of `lstm_optimizer_general`,
   `noisy_training_distribution()` the one of `lstm_optimizer_general_noisy`,
   `rescaled_training_distribution()` the one of
-  `lstm_optimizer_general_rescaled` and `lstm_optimizer_general_long_unroll`.
+  `lstm_optimizer_general_rescaled`, `lstm_optimizer_general_long_unroll`
+  and `lstm_optimizer_general_direct`.
 
 Losses are written with `keras.ops`; sampling is numpy (seeded).
 """
@@ -511,8 +512,8 @@ def noisy_training_distribution():
 
 
 def rescaled_training_distribution(scale_range=(0.1, 10.0)):
-    """The meta-training distribution of `lstm_optimizer_general_rescaled`
-    and `lstm_optimizer_general_long_unroll`.
+    """The meta-training distribution of `lstm_optimizer_general_rescaled`,
+    `lstm_optimizer_general_long_unroll` and `lstm_optimizer_general_direct`.
 
     The 22 families of `noisy_training_distribution`, each `Reparametrized`:
     every parameter tensor is stored divided by a scale drawn log-uniformly

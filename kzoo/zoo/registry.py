@@ -151,7 +151,7 @@ def list_entries(filter=None, kind=None, pretrained=None):
 
     >>> names = list_entries("lstm_optimizer_general*")
     >>> len(names), names[0], names[-1]
-    (5, 'lstm_optimizer_general', 'lstm_optimizer_general_rescaled')
+    (6, 'lstm_optimizer_general', 'lstm_optimizer_general_rescaled')
     """
     names = sorted(
         n
@@ -478,6 +478,17 @@ register(
     "100-step truncated unrolls instead of 20, against the short-horizon bias toward small steps",
     **_MOMENTS_NETWORK,
     init_from="lstm_optimizer_general_rescaled",
+    log_ratio_floor=1e-2,
+    **{**_GENERAL_META_TRAINING, "unroll": 100},
+)
+register(
+    "lstm_optimizer_general_direct",
+    "optimizer",
+    "kzoo.optimizers.learned:LSTMOptimizer",
+    task="meta_general_rescaled",
+    description="The long-unroll preset's recipe (rescaled noisy families, 100-step truncated "
+    "unrolls) meta-trained directly from the Adam-equivalent start, without the presets before it",
+    **_MOMENTS_NETWORK,
     log_ratio_floor=1e-2,
     **{**_GENERAL_META_TRAINING, "unroll": 100},
 )
