@@ -409,7 +409,7 @@ register(
     learning_rate=1e-3,
     validation_problems=64,
 )
-# The meta-training both general learned optimizers share (the same problems,
+# The meta-training every general learned optimizer shares (the same problems,
 # horizons, meta-loss, restarts and meta-optimizer).
 _GENERAL_META_TRAINING = dict(
     num_problems=8,
@@ -424,6 +424,11 @@ _GENERAL_META_TRAINING = dict(
 )
 # Our extension's network (`inputs="moments"`), untrained exactly Adam at 1e-3.
 _MOMENTS_NETWORK = dict(preprocess=True, inputs="moments", output_scale=1e-3)
+# The long-unroll recipe: that network, the 1% meta-loss floor and 100-step
+# truncated unrolls.
+_LONG_UNROLL_RECIPE = dict(
+    **_MOMENTS_NETWORK, log_ratio_floor=1e-2, **{**_GENERAL_META_TRAINING, "unroll": 100}
+)
 register(
     "lstm_optimizer_general",
     "optimizer",
@@ -476,10 +481,8 @@ register(
     task="meta_general_rescaled",
     description="lstm_optimizer_general_rescaled meta-trained further on the same problems with "
     "100-step truncated unrolls instead of 20, against the short-horizon bias toward small steps",
-    **_MOMENTS_NETWORK,
     init_from="lstm_optimizer_general_rescaled",
-    log_ratio_floor=1e-2,
-    **{**_GENERAL_META_TRAINING, "unroll": 100},
+    **_LONG_UNROLL_RECIPE,
 )
 register(
     "lstm_optimizer_general_direct",
@@ -488,7 +491,5 @@ register(
     task="meta_general_rescaled",
     description="The long-unroll preset's recipe (rescaled noisy families, 100-step truncated "
     "unrolls) meta-trained directly from the Adam-equivalent start, without the presets before it",
-    **_MOMENTS_NETWORK,
-    log_ratio_floor=1e-2,
-    **{**_GENERAL_META_TRAINING, "unroll": 100},
+    **_LONG_UNROLL_RECIPE,
 )
