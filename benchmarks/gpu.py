@@ -9,8 +9,9 @@ that fails or runs out of time is recorded as such and the others go on):
 - `walk`: one random-walk step (stencil, 128x128, R = 5, 21 classes) against
   scipy's CSR step and the 10-iteration dense CRF, both on the CPU
   (`random_walk_runtime.py`'s problem);
-- `optimizer`: `LSTMOptimizer` vs Adam inside `fit` on the 85k-parameter MLP
-  (`learned_optimizer_cost.py`'s model);
+- `optimizer`: `LSTMOptimizer` (float32 and bfloat16 state) vs Adam inside
+  `fit` on `learned_optimizer_cost.py`'s three models (the two MLPs and the
+  texture ResNet), with the arithmetic bound;
 - `serving` (TensorFlow): every zoo preset exported as for TF Serving, its
   `serving_default` latency (loaded SavedModel) vs `predict_on_batch` of the
   Keras model, at batch 1 and 64.
@@ -18,12 +19,19 @@ that fails or runs out of time is recorded as such and the others go on):
     python benchmarks/gpu.py                 # on the GPU machine
     python benchmarks/gpu.py --quick --parts rnn walk   # a smoke run (any machine)
 
+Without TensorFlow (a GPU image with JAX and PyTorch only), the parent
+process needs another Keras backend, and the TensorFlow parts are left out:
+
+    KERAS_BACKEND=jax python benchmarks/gpu.py --parts rnn walk optimizer \
+        --backends jax torch
+
 Writes benchmarks/results/gpu.json and the table between the `gpu:begin` and
 `gpu:end` markers of BENCHMARKS.md (not with --quick, and only when a GPU
 was found, unless --allow-cpu).
 """
 
 import argparse
+import importlib.util
 import json
 import os
 import subprocess
@@ -77,21 +85,27 @@ def part_walk(quick):
 
 
 def part_optimizer(quick):
-    import keras
     import learned_optimizer_cost
+
+    if not quick:
+        names = learned_optimizer_cost.MODELS
+        if importlib.util.find_spec("tensorflow") is None:
+            # The zoo's applications import keras-cv, which needs TensorFlow.
+            names = [n for n in names if not n.startswith("resnet")]
+        return learned_optimizer_cost.measure("default", names)
+    import keras
 
     from kzoo.optimizers import LSTMOptimizer
     from kzoo.optimizers import problems
 
     x, y, _ = problems.load_dataset("digits")
-    if quick:
-        x, y = x[:256], y[:256]
-    hidden = (256, 256)
-    lstm = learned_optimizer_cost.step_time(
-        hidden, LSTMOptimizer.from_preset("lstm_optimizer_digits_mlp"), x, y
+    build = learned_optimizer_cost.mlp((20,))
+    lstm = LSTMOptimizer.from_preset(learned_optimizer_cost.PRESET)
+    lstm = learned_optimizer_cost.step_time(build, lstm, x[:256], y[:256], 128, 1)
+    adam = learned_optimizer_cost.step_time(
+        build, keras.optimizers.Adam(1e-3), x[:256], y[:256], 128, 1
     )
-    adam = learned_optimizer_cost.step_time(hidden, keras.optimizers.Adam(1e-3), x, y)
-    return {"LSTM": lstm, "Adam": adam, "ratio": lstm["median_step_ms"] / adam["median_step_ms"]}
+    return {"mlp_64-20-10": {"LSTM": lstm, "Adam": adam}}
 
 
 def part_serving(quick):
@@ -129,9 +143,17 @@ def part_serving(quick):
     return rows
 
 
+def _versions():
+    import keras
+
+    backend = keras.backend.backend()
+    module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend])
+    return {"keras": keras.__version__, backend: module.__version__}
+
+
 def _worker(part, quick):
     result = globals()[f"part_{part}"](quick)
-    print(json.dumps({"device": _device(), "result": result}))
+    print(json.dumps({"device": _device(), "versions": _versions(), "result": result}))
 
 
 def _run(part, backend, quick, timeout):
@@ -160,17 +182,22 @@ def _fmt(value, digits=2):
     return "—" if value is None else f"{value:.{digits}f}"
 
 
+def _ran(part):
+    """{backend: result} of the backends whose run of `part` finished."""
+    return {b: part[b]["result"] for b in BACKENDS if "result" in part.get(b, {})}
+
+
 def markdown(results):
     """The GPU rows of BENCHMARKS.md, from `results`."""
     lines = [f"Device: {results['device']}; `python benchmarks/gpu.py` ({results['date']}).", ""]
-    rnn = {b: results["rnn"].get(b, {}) for b in BACKENDS}
-    if any("result" in r for r in rnn.values()):
+    rnn = _ran(results["rnn"])
+    if rnn:
         lines += [
             "| backend | layer / size | Keras ms | LN in loop ms (×) | LN precomputed ms (×) |",
             "|---|---|---|---|---|",
         ]
-        for backend, run in rnn.items():
-            for key, row in run.get("result", {}).items():
+        for backend, rows in rnn.items():
+            for key, row in rows.items():
                 lines.append(
                     f"| {backend} | {key} | {_fmt(row['keras'])} | {_fmt(row['ln_in_loop'])} "
                     f"({_fmt(row['ratio_ln_in_loop'])}) | {_fmt(row['ln_precomputed'])} "
@@ -178,8 +205,8 @@ def markdown(results):
                 )
         lines.append("")
     reference = results.get("walk_reference", {})
-    walk = {b: results["walk"].get(b, {}) for b in BACKENDS}
-    if any("result" in r for r in walk.values()):
+    walk = _ran(results["walk"])
+    if walk:
         scipy_ms = reference.get("scipy_csr_step_ms")
         crf_ms = reference.get("dense_crf_10_iterations_ms")
         lines += [
@@ -189,21 +216,28 @@ def markdown(results):
             "| backend | stencil step ms | × scipy | CRF / step |",
             "|---|---|---|---|",
         ]
-        for backend, run in walk.items():
-            step = run.get("result", {}).get("stencil_step_ms")
+        for backend, row in walk.items():
+            step = row.get("stencil_step_ms")
             ratio = step / scipy_ms if step and scipy_ms else None
             speedup = crf_ms / step if step and crf_ms else None
             lines.append(f"| {backend} | {_fmt(step)} | {_fmt(ratio)} | {_fmt(speedup, 1)} |")
         lines.append("")
-    optimizer = {b: results["optimizer"].get(b, {}) for b in BACKENDS}
-    if any("result" in r for r in optimizer.values()):
-        lines += ["| backend | LSTMOptimizer ms | Adam ms | ratio |", "|---|---|---|---|"]
-        for backend, run in optimizer.items():
-            row = run.get("result")
-            if row:
+    optimizer = _ran(results["optimizer"])
+    if optimizer:
+        lines += [
+            "| backend | model | LSTMOptimizer ms | bfloat16 state ms | Adam ms | ratio | bound |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for backend, rows in optimizer.items():
+            for model, row in rows.items():
+                if "Adam" not in row:
+                    continue
+                adam = row["Adam"]["median_step_ms"]
+                lstm = row["LSTM"]["median_step_ms"]
+                bf16 = row.get("LSTM_bfloat16", {}).get("median_step_ms")
                 lines.append(
-                    f"| {backend} | {_fmt(row['LSTM']['median_step_ms'])} | "
-                    f"{_fmt(row['Adam']['median_step_ms'])} | {_fmt(row['ratio'])} |"
+                    f"| {backend} | {model} | {_fmt(lstm)} | {_fmt(bf16)} | {_fmt(adam)} | "
+                    f"{_fmt(lstm / adam)} | {_fmt(row.get('arithmetic_bound'))} |"
                 )
         lines.append("")
     serving = results["serving"].get("tensorflow", {}).get("result", {})
@@ -251,6 +285,8 @@ def main():
         _worker(args.worker, args.quick)
         return
     results = {"date": time.strftime("%Y-%m-%d"), "quick": args.quick}
+    RESULTS.mkdir(exist_ok=True)
+    out = RESULTS / ("gpu_quick.json" if args.quick else "gpu.json")
     for part in PARTS:
         results[part] = {}
         if part not in args.parts:
@@ -258,13 +294,12 @@ def main():
         for backend in ("tensorflow",) if part == "serving" else args.backends:
             results[part][backend] = _run(part, backend, args.quick, args.timeout)
             print(part, backend, json.dumps(results[part][backend])[:300], file=sys.stderr)
+            out.write_text(json.dumps(results, indent=1) + "\n")  # kept if the run is cut short
     if "walk" in args.parts:
         results["walk_reference"] = _reference(args.quick)
     devices = {run["device"] for part in PARTS for run in results[part].values() if "device" in run}
     results["device"] = ", ".join(sorted(devices)) or "unknown"
     gpu = any(d != "CPU" and "cpu" not in d.lower() for d in devices)
-    RESULTS.mkdir(exist_ok=True)
-    out = RESULTS / ("gpu_quick.json" if args.quick else "gpu.json")
     out.write_text(json.dumps(results, indent=1) + "\n")
     text = markdown(results)
     print(text)

@@ -70,6 +70,11 @@ def resnet():
     return models.get("resnet_texture_patches", weights=None)
 
 
+def _patches(count):
+    x, y = texture_patches.load("train")[:2]
+    return x[:count], y[:count]
+
+
 def forward_macs_per_parameter(model, batch):
     """Multiply-adds of one forward pass per parameter (Dense and Conv2D weights)."""
     macs = 0
@@ -133,15 +138,21 @@ def op_breakdown(build):
     return {"total_ms": sum(times.values()), **{k: times[k] for k in top}}
 
 
-def measure(allocator):
-    """This process' numbers on its backend (`allocator` labels its progress lines)."""
+MODELS = ("mlp_64-20-10", "mlp_64-256-256-10", "resnet_texture_patches")
+
+
+def measure(allocator, names=MODELS):
+    """This process' numbers on its backend for the models `names`.
+
+    `allocator` labels its progress lines.
+    """
     digits = problems.load_dataset("digits")[:2]
-    patches = texture_patches.load("train")
     cases = {
-        "mlp_64-20-10": (mlp((20,)), digits, 128, 5),
-        "mlp_64-256-256-10": (mlp((256, 256)), digits, 128, 5),
-        "resnet_texture_patches": (resnet, (patches[0][:1024], patches[1][:1024]), 64, 1),
+        "mlp_64-20-10": lambda: (mlp((20,)), digits, 128, 5),
+        "mlp_64-256-256-10": lambda: (mlp((256, 256)), digits, 128, 5),
+        "resnet_texture_patches": lambda: (resnet, _patches(1024), 64, 1),
     }
+    cases = {name: cases[name]() for name in names}
     backend = keras.backend.backend()
     results = {}
     for name, (build, (x, y), batch, epochs) in cases.items():

@@ -100,3 +100,26 @@ def test_a_corrupt_tfds_cache_names_the_directory_and_the_rebuild(tmp_path):
     message = str(error.value)
     assert f"rm -rf {tmp_path / texture_scenes.NAME}" in message and "KZOO_DATA_DIR" in message
     assert isinstance(error.value, OSError)  # the CLI reports it as one line
+
+
+def test_numpy_datasets_load_without_tensorflow_on_other_backends():
+    """Only the TFDS builder needs TensorFlow: on JAX, `kzoo.layers`,
+    `kzoo.optimizers` and the NumPy datasets must not import it (a GPU
+    machine with JAX or PyTorch alone can then run them)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from kzoo.datasets import digits, stdlib_text, texture_patches\n"
+        "import kzoo.layers, kzoo.optimizers\n"
+        "assert digits.load('train')[0].shape[1:] == (8, 8)\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'tensorflow')[:3])\n"
+    )
+    env = {**os.environ, "KERAS_BACKEND": "jax"}
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "[]"

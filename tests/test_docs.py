@@ -94,3 +94,19 @@ def test_readme_learned_optimizer_table_matches_the_presets_metadata():
         ]
         assert round(test["final_loss"], len(shown.split(".")[1])) == float(shown), name
         assert test["problems"] == int(problems), name
+
+
+def test_benchmarks_gpu_block_is_what_gpu_py_made_of_its_json():
+    """The GPU rows of BENCHMARKS.md come from `benchmarks/results/gpu.json`
+    (no hand-edited numbers)."""
+    import importlib.util
+    import json
+
+    spec = importlib.util.spec_from_file_location("gpu", ROOT / "benchmarks" / "gpu.py")
+    gpu = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu)
+    results = json.loads((ROOT / "benchmarks" / "results" / "gpu.json").read_text())
+    document = (ROOT / "BENCHMARKS.md").read_text()
+    block = document[document.index(gpu.BEGIN) + len(gpu.BEGIN) : document.index(gpu.END)]
+    assert block.strip() == gpu.markdown(results).strip()
+    assert "H200" in block and "| torch | LSTM/char_lm_256u_b64_t64 |" in block
