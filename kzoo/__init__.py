@@ -7,30 +7,22 @@ defines them (e.g. `import kzoo.layers`) before `keras.saving.load_model` on a
 file that holds them.
 """
 
-import importlib
+from kzoo import _lazy
 
 __version__ = "0.1.0"
 
-_SUBMODULES = (
-    "applications",
-    "backend",
-    "callbacks",
-    "datasets",
-    "layers",
-    "optimizers",
-    "regularizers",
-    "runtime",
-    "serving",
-    "zoo",
+__getattr__, __dir__, __all__ = _lazy.attach(
+    __name__,
+    (
+        "applications",
+        "backend",
+        "callbacks",
+        "datasets",
+        "layers",
+        "optimizers",
+        "regularizers",
+        "runtime",
+        "serving",
+        "zoo",
+    ),
 )
-__all__ = list(_SUBMODULES)
-
-
-def __getattr__(name):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"kzoo.{name}")
-    raise AttributeError(f"module 'kzoo' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_SUBMODULES])

@@ -5,17 +5,8 @@ PyTorch does not import TensorFlow; only `texture_scenes` (a TFDS builder)
 needs it.
 """
 
-import importlib
+from kzoo import _lazy
 
-_SUBMODULES = ("digits", "stdlib_text", "texture_patches", "texture_scenes")
-__all__ = list(_SUBMODULES)
-
-
-def __getattr__(name):
-    if name in _SUBMODULES:
-        return importlib.import_module(f"kzoo.datasets.{name}")
-    raise AttributeError(f"module 'kzoo.datasets' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted([*globals(), *_SUBMODULES])
+__getattr__, __dir__, __all__ = _lazy.attach(
+    __name__, ("digits", "stdlib_text", "texture_patches", "texture_scenes")
+)
