@@ -31,6 +31,7 @@ was found, unless --allow-cpu).
 """
 
 import argparse
+import importlib
 import importlib.util
 import json
 import os
@@ -147,8 +148,7 @@ def _versions():
     import keras
 
     backend = keras.backend.backend()
-    module = __import__({"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}[backend])
-    return {"keras": keras.__version__, backend: module.__version__}
+    return {"keras": keras.__version__, backend: importlib.import_module(backend).__version__}
 
 
 def _worker(part, quick):
